@@ -1,0 +1,3 @@
+from segcli.cli.app import main
+
+main()

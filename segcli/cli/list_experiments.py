@@ -1,0 +1,81 @@
+"""`segcli list-experiments`: what each experiment changes relative to the defaults (no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segcli.cli.options import JsonOpt
+from segcli.errors import ConfigError
+
+
+def _config_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"{path}: no such file or folder")
+    return files
+
+
+def _describe(value) -> str:
+    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, (list, dict)) else str(value)
+
+
+def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
+    """One row per experiment, and one message per file that could not be read."""
+    from segcli.config.loader import flatten, load_experiment_file, resolve_experiment
+
+    rows, problems = [], []
+    for file in _config_files(paths):
+        try:
+            parsed = load_experiment_file(file)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        for name, override in parsed.experiments.items():
+            try:
+                resolve_experiment(parsed, name, file)
+                status = "ok"
+            except ConfigError as exc:
+                status = "invalid: " + str(exc).splitlines()[-1].strip()
+            rows.append(
+                {
+                    "config": str(file),
+                    "experiment": name,
+                    "run_name": f"{file.stem}-{name}",
+                    "changes": flatten(override or {}),
+                    "status": status,
+                }
+            )
+    return rows, problems
+
+
+def list_experiments(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Experiment files or folders (default: experiments/).")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List every experiment with what it changes relative to its file's defaults."""
+    rows, problems = collect(paths or [Path("experiments")])
+    if json_output:
+        typer.echo(json.dumps({"experiments": rows, "errors": problems}, indent=2))
+    else:
+        table = Table(title="experiments")
+        for column in ("config", "experiment", "changes vs defaults", "status"):
+            table.add_column(column)
+        for row in rows:
+            changes = "\n".join(f"{k} = {_describe(v)}" for k, v in row["changes"].items()) or "(defaults)"
+            table.add_row(row["config"], row["experiment"], changes, row["status"])
+        Console().print(table)
+        for problem in problems:
+            Console(stderr=True).print(f"error: {problem}", markup=False, highlight=False)
+    if problems:
+        raise typer.Exit(2)

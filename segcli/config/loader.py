@@ -1,0 +1,200 @@
+"""Load experiment files, merge `model` + `defaults` + one experiment, and validate the result."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from segcli.config.schema import Experiment, ExperimentFile
+from segcli.errors import ConfigError, did_you_mean
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-4` as a float (YAML 1.2) instead of the string '1e-4'."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file with the safe loader; syntax errors name the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc})") from None
+    try:
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader derives from SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def load_experiment_file(path: Path) -> ExperimentFile:
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; it needs `model:`, `defaults:` and `experiments:` blocks")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping with `model:`, `defaults:` and `experiments:` "
+            f"blocks, not a {type(data).__name__}"
+        )
+    try:
+        return ExperimentFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc, ExperimentFile, lambda loc: ".".join(map(str, loc)))) from None
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the base value."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def experiment_names(file: ExperimentFile) -> list[str]:
+    return list(file.experiments)
+
+
+def merged_experiment(file: ExperimentFile, name: str, path: Path) -> dict[str, Any]:
+    """The experiment as plain data before validation: model, then defaults, then its own keys."""
+    if name not in file.experiments:
+        raise ConfigError(
+            f"{path}: no experiment '{name}'; {did_you_mean(name, file.experiments)}"
+        )
+    base = deep_merge({"model": file.model}, file.defaults)
+    return deep_merge(base, file.experiments[name] or {})
+
+
+def resolve_experiment(
+    file: ExperimentFile, name: str, path: Path, overrides: dict[str, Any] | None = None
+) -> Experiment:
+    """Merge and validate one experiment; `overrides` ({'a.b': value}) come from the command line."""
+    merged = merged_experiment(file, name, path)
+    for dotted, value in (overrides or {}).items():
+        target = merged
+        *parents, last = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    try:
+        return Experiment.model_validate(merged)
+    except ValidationError as exc:
+        origin = _origin_locator(file, name, overrides or {})
+        raise ConfigError(_format_errors(path, exc, Experiment, origin)) from None
+
+
+def load_experiment(path: Path, name: str) -> Experiment:
+    return resolve_experiment(load_experiment_file(path), name, path)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
+    """Name the block a bad value came from, so the user edits the right place."""
+    override = file.experiments[name] or {}
+
+    def locate(loc: tuple[Any, ...]) -> str:
+        dotted = ".".join(map(str, loc))
+        if dotted in overrides:
+            return f"command-line option {dotted}"
+        if _has_path(override, loc):
+            return f"experiments.{name}.{dotted}"
+        if _has_path(file.defaults, loc):
+            return f"defaults.{dotted}"
+        if loc and loc[0] == "model":
+            return dotted
+        return f"experiments.{name}.{dotted}" if loc else f"experiments.{name}"
+
+    return locate
+
+
+def _format_errors(path: Path, exc: ValidationError, schema: type[BaseModel], locate) -> str:
+    errors = exc.errors()
+    lines = [f"{path}: {len(errors)} problem{'s' if len(errors) > 1 else ''} in the experiment file"]
+    for error in errors:
+        loc = tuple(part for part in error["loc"] if not _is_validator_tag(part))
+        if error["type"] == "extra_forbidden":
+            valid = _valid_keys(schema, loc[:-1])
+            message = f"unknown key '{loc[-1]}'; " + did_you_mean(str(loc[-1]), valid)
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {locate(loc)}: {message}")
+    return "\n".join(lines)
+
+
+def _is_validator_tag(part: Any) -> bool:
+    # Pydantic inserts tags such as 'function-after[...]' into locations; users never wrote them.
+    return isinstance(part, str) and ("[" in part and "]" in part)
+
+
+def _valid_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model found by following `loc` from `schema`."""
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside `X | None` or `list[X]`, else the annotation itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation

@@ -1,0 +1,34 @@
+"""User mistakes. Each becomes one `error: ...` line and its exit code; anything else is a bug."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SegcliError(Exception):
+    """A mistake the user can fix. The message names the file/field and the fix."""
+
+    exit_code = 2
+
+
+class ConfigError(SegcliError):
+    """An experiment file, an option or the .env file is wrong."""
+
+
+class DatasetError(SegcliError):
+    """The dataset is missing, has the wrong layout or fails the dataset check."""
+
+
+class CheckpointError(SegcliError):
+    """A checkpoint cannot be read or is not a segcli checkpoint."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """A hint listing the options closest to `name`, or all of them when none is close."""
+    options = sorted(options)
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
+    shown = ", ".join(options[:30]) + (", ..." if len(options) > 30 else "")
+    return f"valid options: {shown}"
