@@ -1,0 +1,47 @@
+"""Shared fixtures. Nothing here touches the network: W&B is offline, no weights are downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
+)
+for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"):
+    os.environ.pop(variable, None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+CAMVID_CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
+DEMO_CLASSES = "background,disc,square,triangle"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """8 train + 4 val generated 64x64 pairs, classes background/disc/square/triangle. Do not modify."""
+    from segcli.data.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("tiny"), train=8, val=4, size=(64, 64), seed=1)
+
+
+@pytest.fixture
+def camvid_mini() -> Path:
+    path = SHARED_DATASETS / "camvid-mini"
+    if not path.is_dir():
+        pytest.skip("../shared/datasets/camvid-mini is not present")
+    return path
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch) -> Path:
+    """Run in an empty folder, so no .env or checkpoints of the repository are picked up."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
