@@ -26,9 +26,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/segcli make-demo-dataset $(DEMO_DATA)
 	$(BIN)/segcli train --config experiments/demo.yaml --experiment shapes \
-		--dataset $(DEMO_DATA) --classes background,disc,square,triangle --offline --output-dir runs
+		--dataset $(DEMO_DATA) --classes background,disc,square,triangle --offline --output-dir runs --overwrite
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check segcli tests
 	$(BIN)/python -m pytest
 
 test-fast: $(VENV)/.installed-dev

@@ -18,10 +18,7 @@ os.environ.update(
 for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"):
     os.environ.pop(variable, None)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-CAMVID_CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
-DEMO_CLASSES = "background,disc,square,triangle"
+from tests.support import SHARED_DATASETS
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segcli.cli.options import JsonOpt
+from segcli.cli.output import stdout_console
 from segcli.errors import ConfigError
 
 
@@ -27,7 +28,14 @@ def _config_files(paths: list[Path]) -> list[Path]:
 
 
 def _describe(value) -> str:
-    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, (list, dict)) else str(value)
+    """Transform lists read as `resize(height=512, width=512), horizontal_flip(p=0.5)`."""
+    if isinstance(value, list) and all(isinstance(item, dict) and "name" in item for item in value):
+        calls = []
+        for item in value:
+            params = ", ".join(f"{k}={v}" for k, v in (item.get("params") or {}).items())
+            calls.append(f"{item['name']}({params})")
+        return ", ".join(calls) or "[]"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
@@ -60,7 +68,9 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
 
 
 def list_experiments(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Experiment files or folders (default: experiments/).")] = None,
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Experiment files or folders (default: experiments/).")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """List every experiment with what it changes relative to its file's defaults."""
@@ -69,12 +79,14 @@ def list_experiments(
         typer.echo(json.dumps({"experiments": rows, "errors": problems}, indent=2))
     else:
         table = Table(title="experiments")
-        for column in ("config", "experiment", "changes vs defaults", "status"):
-            table.add_column(column)
+        table.add_column("config", no_wrap=True)
+        table.add_column("experiment", no_wrap=True)
+        table.add_column("changes vs defaults", overflow="fold")
+        table.add_column("status")
         for row in rows:
             changes = "\n".join(f"{k} = {_describe(v)}" for k, v in row["changes"].items()) or "(defaults)"
             table.add_row(row["config"], row["experiment"], changes, row["status"])
-        Console().print(table)
+        stdout_console().print(table)
         for problem in problems:
             Console(stderr=True).print(f"error: {problem}", markup=False, highlight=False)
     if problems:

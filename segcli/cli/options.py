@@ -7,11 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment file (YAML), e.g. experiments/unetpp.yaml.")]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="Experiment file (YAML), e.g. experiments/unetpp.yaml.")
+]
 ExperimentOpt = Annotated[str, typer.Option("--experiment", "-e", help="Experiment name inside the config file.")]
 DatasetOpt = Annotated[
     Optional[Path],
-    typer.Option("--dataset", help="Dataset root holding {train,val}/{images,labels}. Default: DATASET_PATH from .env."),
+    typer.Option(
+        "--dataset", help="Dataset root holding {train,val}/{images,labels}. Default: DATASET_PATH from .env."
+    ),
 ]
 ClassesOpt = Annotated[
     Optional[str],

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from segcli.cli.options import ClassesOpt, ConfigOpt, DatasetOpt, ExperimentOpt
+from segcli.cli.output import stdout_console
 
 
 def train(
@@ -18,12 +18,20 @@ def train(
     experiment: ExperimentOpt,
     dataset: DatasetOpt = None,
     classes: ClassesOpt = None,
-    gpu: Annotated[Optional[int], typer.Option(min=0, help="Train on cuda:N (overrides the experiment's `gpu`).")] = None,
+    gpu: Annotated[
+        Optional[int], typer.Option(min=0, help="Train on cuda:N (overrides the experiment's `gpu`).")
+    ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is present.")] = False,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the experiment's max_epochs.")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Checkpoints go to OUTPUT_DIR/checkpoints/<run>, W&B files to OUTPUT_DIR/wandb.")] = Path("."),
-    offline: Annotated[bool, typer.Option("--offline", help="Keep the W&B run offline (`wandb sync` it later).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoints of an earlier run of the same name.")] = False,
+    output_dir: Annotated[
+        Path, typer.Option(help="Checkpoints go to OUTPUT_DIR/checkpoints/<run>, W&B files to OUTPUT_DIR/wandb.")
+    ] = Path("."),
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Keep the W&B run offline (`wandb sync` it later).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the checkpoints of an earlier run of the same name.")
+    ] = False,
 ) -> None:
     """Train one experiment: dataset check, Lightning training, W&B logging, checkpoints."""
     from segcli import env
@@ -61,7 +69,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _print_summary(result, class_names: list[str]) -> None:
-    console = Console()
+    console = stdout_console()
     best = result.best_metrics
     table = Table(title=f"run {result.run_name}", show_header=False)
     table.add_column(style="bold")

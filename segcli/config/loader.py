@@ -82,9 +82,7 @@ def experiment_names(file: ExperimentFile) -> list[str]:
 def merged_experiment(file: ExperimentFile, name: str, path: Path) -> dict[str, Any]:
     """The experiment as plain data before validation: model, then defaults, then its own keys."""
     if name not in file.experiments:
-        raise ConfigError(
-            f"{path}: no experiment '{name}'; {did_you_mean(name, file.experiments)}"
-        )
+        raise ConfigError(f"{path}: no experiment '{name}'; {did_you_mean(name, file.experiments)}")
     base = deep_merge({"model": file.model}, file.defaults)
     return deep_merge(base, file.experiments[name] or {})
 

@@ -134,9 +134,7 @@ class Experiment(StrictModel):
     def _check_cross_fields(self) -> Experiment:
         weights = self.loss.class_weights
         if weights is not None and len(weights) != self.model.classes:
-            raise ValueError(
-                f"loss.class_weights has {len(weights)} values but model.classes is {self.model.classes}"
-            )
+            raise ValueError(f"loss.class_weights has {len(weights)} values but model.classes is {self.model.classes}")
         return self
 
 

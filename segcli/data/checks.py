@@ -66,7 +66,9 @@ def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | 
     problems: list[Problem] = []
     image = cv2.imread(str(pair.image), cv2.IMREAD_UNCHANGED)
     if image is None:
-        problems.append(Problem("unreadable-image", split, pair.image.name, "cannot decode the image (corrupt or truncated?)"))
+        problems.append(
+            Problem("unreadable-image", split, pair.image.name, "cannot decode the image (corrupt or truncated?)")
+        )
     try:
         with Image.open(pair.mask) as opened:
             opened.load()  # decode fully: a truncated file fails here, not later in training
@@ -101,14 +103,21 @@ def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | 
         )
         return result
     if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.bool_:
-        problems.append(Problem("mask-not-integer", split, pair.mask.name, f"mask pixels are {mask.dtype}, not integers"))
+        problems.append(
+            Problem("mask-not-integer", split, pair.mask.name, f"mask pixels are {mask.dtype}, not integers")
+        )
         return result
     counts = np.bincount(mask.ravel().astype(np.int64, copy=False), minlength=num_classes)
     allowed = set(range(num_classes)) | ({ignore_index} if ignore_index is not None else set())
     bad = [int(v) for v in np.flatnonzero(counts) if int(v) not in allowed]
     if bad:
         problems.append(
-            Problem("mask-values", split, pair.mask.name, "values " + ", ".join(map(str, bad)) + f" outside 0..{num_classes - 1}")
+            Problem(
+                "mask-values",
+                split,
+                pair.mask.name,
+                "values " + ", ".join(map(str, bad)) + f" outside 0..{num_classes - 1}",
+            )
         )
     result.counts = counts
     return result
@@ -128,9 +137,15 @@ def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]
                 problems.append(Problem("not-an-image", split, path.name, f"{kind}/{path.name} is not an image file"))
                 del files[stem]
     for stem in sorted(images.keys() - masks.keys()):
-        problems.append(Problem("image-without-mask", split, images[stem].name, f"no labels/{stem}.* for images/{images[stem].name}"))
+        problems.append(
+            Problem(
+                "image-without-mask", split, images[stem].name, f"no labels/{stem}.* for images/{images[stem].name}"
+            )
+        )
     for stem in sorted(masks.keys() - images.keys()):
-        problems.append(Problem("mask-without-image", split, masks[stem].name, f"no images/{stem}.* for labels/{masks[stem].name}"))
+        problems.append(
+            Problem("mask-without-image", split, masks[stem].name, f"no images/{stem}.* for labels/{masks[stem].name}")
+        )
     pairs = [Pair(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
     if not pairs and images.keys() == masks.keys():
         problems.append(Problem("empty-split", split, None, f"{root / split} has no image/mask pairs"))
@@ -172,12 +187,19 @@ def check_dataset(
         if len(stats.channels) > 1:
             common = stats.channels.most_common(1)[0][0]
             report.problems.append(
-                Problem("channel-mismatch", split, None, f"images have different channel counts {dict(stats.channels)}; most have {common}")
+                Problem(
+                    "channel-mismatch",
+                    split,
+                    None,
+                    f"images have different channel counts {dict(stats.channels)}; most have {common}",
+                )
             )
     return report
 
 
-def _run(work: list[tuple[str, Pair]], num_classes: int, ignore_index: int | None, workers: int | None) -> Iterator[tuple[str, _PairResult]]:
+def _run(
+    work: list[tuple[str, Pair]], num_classes: int, ignore_index: int | None, workers: int | None
+) -> Iterator[tuple[str, _PairResult]]:
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         for split, pair in work:
@@ -186,7 +208,7 @@ def _run(work: list[tuple[str, Pair]], num_classes: int, ignore_index: int | Non
     # Decoding releases the GIL (cv2 and PIL), so threads scale; map() streams results in order.
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda item: _inspect_pair(item[1], item[0], num_classes, ignore_index), work)
-        for (split, _), result in zip(work, results):
+        for (split, _), result in zip(work, results, strict=True):
             yield split, result
 
 

@@ -54,10 +54,19 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     architectures = _architectures()
     arch = architectures.get(cfg.arch.lower())
     if arch is None:
-        raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; {did_you_mean(cfg.arch.lower(), architectures)}")
+        raise ConfigError(
+            f"model.arch: unknown architecture '{cfg.arch}'; {did_you_mean(cfg.arch.lower(), architectures)}"
+        )
     _check_encoder(cfg)
-    _check_params(arch, cfg.params, "model.params", exclude={"encoder_name", "encoder_weights", "in_channels", "classes"})
-    kwargs = dict(encoder_name=cfg.encoder_name, encoder_weights=cfg.encoder_weights, in_channels=cfg.in_channels, classes=cfg.classes)
+    _check_params(
+        arch, cfg.params, "model.params", exclude={"encoder_name", "encoder_weights", "in_channels", "classes"}
+    )
+    kwargs = dict(
+        encoder_name=cfg.encoder_name,
+        encoder_weights=cfg.encoder_weights,
+        in_channels=cfg.in_channels,
+        classes=cfg.classes,
+    )
     if cfg.encoder_weights is None:
         return arch(**kwargs, **cfg.params)
     try:
@@ -86,7 +95,8 @@ def _check_params(target, params: dict, where: str, exclude: Iterable[str] = ())
     accepted = set(parameters) - set(exclude) - {"self"}
     for name in params:
         if name not in accepted:
-            raise ConfigError(f"{where}: {getattr(target, '__name__', target)} has no parameter '{name}'; {did_you_mean(name, accepted)}")
+            target_name = getattr(target, "__name__", target)
+            raise ConfigError(f"{where}: {target_name} has no parameter '{name}'; {did_you_mean(name, accepted)}")
 
 
 # --- losses -----------------------------------------------------------------------------------
@@ -143,7 +153,7 @@ class WeightedLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return sum(weight * term(logits, target) for weight, term in zip(self.weights, self.terms))
+            return sum(weight * term(logits, target) for weight, term in zip(self.weights, self.terms, strict=True))
 
 
 def loss_name(name: str) -> str:
@@ -169,14 +179,19 @@ def _classes_in(module, base: type | tuple[type, ...]) -> dict[str, type]:
     return {
         name: cls
         for name, cls in vars(module).items()
-        if isinstance(cls, type) and issubclass(cls, base) and cls not in (base if isinstance(base, tuple) else (base,)) and not name.startswith("_")
+        if isinstance(cls, type)
+        and issubclass(cls, base)
+        and cls not in (base if isinstance(base, tuple) else (base,))
+        and not name.startswith("_")
     }
 
 
 def optimizer_class(name: str) -> type:
     options = _classes_in(torch.optim, torch.optim.Optimizer)
     if name not in options:
-        raise ConfigError(f"optimizer.name: unknown optimizer '{name}' (a class in torch.optim); {did_you_mean(name, options)}")
+        raise ConfigError(
+            f"optimizer.name: unknown optimizer '{name}' (a class in torch.optim); {did_you_mean(name, options)}"
+        )
     return options[name]
 
 
@@ -185,7 +200,8 @@ def scheduler_class(name: str) -> type:
     options = _classes_in(module, (module.LRScheduler, module.ReduceLROnPlateau))
     if name not in options:
         raise ConfigError(
-            f"scheduler.name: unknown scheduler '{name}' (a class in torch.optim.lr_scheduler); {did_you_mean(name, options)}"
+            f"scheduler.name: unknown scheduler '{name}' (a class in torch.optim.lr_scheduler); "
+            + did_you_mean(name, options)
         )
     return options[name]
 

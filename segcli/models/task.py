@@ -36,7 +36,10 @@ class SegmentationTask(pl.LightningModule):
     def configure_metrics(self) -> None:
         # Keyed "<stage>_matrix": a ModuleDict key "train" would clash with Module.train().
         self.confusion = nn.ModuleDict(
-            {f"{stage}_matrix": ConfusionMatrix(self.experiment.model.classes, self.experiment.ignore_index) for stage in STAGES}
+            {
+                f"{stage}_matrix": ConfusionMatrix(self.experiment.model.classes, self.experiment.ignore_index)
+                for stage in STAGES
+            }
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -47,7 +50,9 @@ class SegmentationTask(pl.LightningModule):
         logits = self(images)
         loss = self.criterion(logits, masks)
         self.confusion[f"{stage}_matrix"].update(logits.detach().argmax(1), masks)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True
+        )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -50,7 +50,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # noqa: BLE001 - weights_only refusals and corrupt files have many types
-        raise CheckpointError(f"{path}: not a readable segcli checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable segcli checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a segcli checkpoint (expected a file written by `segcli train`)")
     return payload
@@ -102,7 +104,9 @@ class SegcliCheckpoints(pl.Callback):
     BatchNorm buffers averaged too (use_buffers=True) so its statistics match its weights.
     """
 
-    def __init__(self, directory: Path, run_name: str, normalization: dict[str, list[float]], size_multiple: int, on_write=None):
+    def __init__(
+        self, directory: Path, run_name: str, normalization: dict[str, list[float]], size_multiple: int, on_write=None
+    ):
         self.directory = directory
         self.run_name = run_name
         self.normalization = normalization

@@ -20,8 +20,8 @@ from segcli.data.checks import check_dataset, format_problems
 from segcli.data.io import list_pairs
 from segcli.data.transforms import build_pipeline, normalization
 from segcli.env import apply_offline_switches
-from segcli.errors import ConfigError, DatasetError
-from segcli.training.checkpoints import LATEST, SegcliCheckpoints
+from segcli.errors import ConfigError, DatasetError, did_you_mean
+from segcli.training.checkpoints import SegcliCheckpoints
 from segcli.training.metrics import logged_metric_keys
 
 SPLITS = ("train", "val")
@@ -79,11 +79,11 @@ def _check_monitors(experiment: Experiment, class_names: list[str]) -> None:
     if experiment.early_stopping:
         checks.append(("early_stopping.monitor", experiment.early_stopping.monitor, val_keys))
     if experiment.scheduler and experiment.scheduler.monitor:
-        checks.append(("scheduler.monitor", experiment.scheduler.monitor, val_keys + logged_metric_keys("train", class_names)))
+        checks.append(
+            ("scheduler.monitor", experiment.scheduler.monitor, val_keys + logged_metric_keys("train", class_names))
+        )
     for where, key, valid in checks:
         if key not in valid:
-            from segcli.errors import did_you_mean
-
             raise ConfigError(f"{where}: '{key}' is never logged; {did_you_mean(key, valid)}")
 
 
@@ -109,13 +109,18 @@ def _check_precision(precision: str, accelerator: str) -> None:
         raise ConfigError("precision: 16-mixed needs a GPU; on the CPU use `precision: bf16-mixed` or `precision: 32`")
 
 
-def _output_sizes(pipeline, image_sizes, channels: int) -> set[tuple[int, int]]:
-    """Push a blank image of every input size through the pipeline: the sizes the model will see."""
+def _output_sizes(pipeline, image_sizes, channels: int, tries: int = 8) -> set[tuple[int, int]]:
+    """Push blank images of every input size through the pipeline: the sizes the model will see.
+
+    Several tries per size, so a random transform that changes the shape (a 90-degree rotation of a
+    non-square image) shows up here rather than as a collate error mid-epoch.
+    """
     sizes = set()
     for height, width in image_sizes:
         blank = np.zeros((height, width, channels), np.uint8)
-        out = pipeline(image=blank, mask=np.zeros((height, width), np.uint8))["image"]
-        sizes.add(tuple(out.shape[-2:]))
+        for _ in range(tries):
+            out = pipeline(image=blank, mask=np.zeros((height, width), np.uint8))["image"]
+            sizes.add(tuple(out.shape[-2:]))
     return sizes
 
 
@@ -123,7 +128,9 @@ def _check_sizes(name: str, split: str, pipeline, image_sizes, channels: int, mu
     sizes = _output_sizes(pipeline, image_sizes, channels)
     key = f"experiment '{name}': {split}_transforms"
     if len(sizes) > 1:
-        raise ConfigError(f"{key} produce images of different sizes {sorted(sizes)}; add a resize or crop so batches can be stacked")
+        raise ConfigError(
+            f"{key} produce images of different sizes {sorted(sizes)}; add a resize or crop so batches can be stacked"
+        )
     for height, width in sizes:
         if height % multiple or width % multiple:
             fit = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
@@ -168,7 +175,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     report = check_dataset(options.dataset, SPLITS, exp.model.classes, exp.ignore_index)
     if report.errors:
         raise DatasetError(
-            f"dataset {options.dataset} failed the check ({len(report.errors)} problems):\n{format_problems(report.errors)}"
+            f"dataset {options.dataset} failed the check ({len(report.errors)} problems):\n"
+            + format_problems(report.errors)
         )
 
     import pytorch_lightning as pl
@@ -204,11 +212,19 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     on_gpu = accelerator == "gpu"
     if on_gpu:
         torch.set_float32_matmul_precision("high")
-    datasets = {split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels) for split in SPLITS}
+    datasets = {
+        split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels) for split in SPLITS
+    }
     generator = torch.Generator().manual_seed(exp.seed)
-    loader_args = dict(batch_size=exp.batch_size, num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0)
+    loader_args = dict(
+        batch_size=exp.batch_size, num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0
+    )
     train_loader = DataLoader(
-        datasets["train"], shuffle=True, generator=generator, drop_last=len(datasets["train"]) > exp.batch_size, **loader_args
+        datasets["train"],
+        shuffle=True,
+        generator=generator,
+        drop_last=len(datasets["train"]) > exp.batch_size,
+        **loader_args,
     )
     val_loader = DataLoader(datasets["val"], shuffle=False, **loader_args)
 
@@ -231,7 +247,13 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     )
     run = logger.experiment
     try:
-        run.log({"samples/train": sample_images(datasets["train"].pairs, options.class_names, exp.ignore_index, SAMPLES_LOGGED, exp.seed, channels)})
+        run.log(
+            {
+                "samples/train": sample_images(
+                    datasets["train"].pairs, options.class_names, exp.ignore_index, SAMPLES_LOGGED, exp.seed, channels
+                )
+            }
+        )
         synced: set[Path] = set()
 
         def sync(path: Path) -> None:
@@ -246,7 +268,11 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             cfg = exp.early_stopping
             # Checked in on_validation_end, when THIS epoch's val metrics are logged.
             early_stopping = EarlyStopping(
-                monitor=cfg.monitor, patience=cfg.patience, mode=cfg.mode, min_delta=cfg.min_delta, check_on_train_epoch_end=False
+                monitor=cfg.monitor,
+                patience=cfg.patience,
+                mode=cfg.mode,
+                min_delta=cfg.min_delta,
+                check_on_train_epoch_end=False,
             )
             callbacks.append(early_stopping)
         if options.progress:

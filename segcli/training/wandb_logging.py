@@ -30,7 +30,14 @@ def wandb_mode(offline: bool) -> str:
     return "online" if _has_api_key() else "offline"
 
 
-def sample_images(pairs: Sequence[Pair], class_names: Sequence[str], ignore_index: int | None, count: int, seed: int, in_channels: int = 3):
+def sample_images(
+    pairs: Sequence[Pair],
+    class_names: Sequence[str],
+    ignore_index: int | None,
+    count: int,
+    seed: int,
+    in_channels: int = 3,
+):
     """`count` seeded random pairs as wandb.Image objects with the mask as an overlay and class legend."""
     import wandb
 
@@ -44,7 +51,9 @@ def sample_images(pairs: Sequence[Pair], class_names: Sequence[str], ignore_inde
         pair = pairs[index]
         image, mask = read_image(pair.image, in_channels), read_mask(pair.mask)
         images.append(
-            wandb.Image(image, caption=pair.image.name, masks={"ground_truth": {"mask_data": mask, "class_labels": labels}})
+            wandb.Image(
+                image, caption=pair.image.name, masks={"ground_truth": {"mask_data": mask, "class_labels": labels}}
+            )
         )
     return images
 
