@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import SHARED_DATASETS
+
 os.environ.update(
     {
         "HF_HUB_OFFLINE": "1",
@@ -18,7 +20,6 @@ os.environ.update(
 for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"):
     os.environ.pop(variable, None)
 
-from tests.support import SHARED_DATASETS
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,7 @@ def test_train_end_to_end(tiny_config, tiny_dataset, in_tmp_cwd):
     files = {name: run_dir / name for name in ("ckpt_latest.pth", "ckpt_best.pth", "average_model.pth")}
     loaded = {name: torch.load(path, weights_only=True) for name, path in files.items()}
     assert not list(run_dir.glob("*.tmp")), "temporary files left behind"
-    for name, payload in loaded.items():
+    for payload in loaded.values():
         assert payload["format"] == "segcli-checkpoint"
         assert payload["arch"] == "unet" and payload["encoder_name"] == "resnet18"
         assert payload["classes"] == 4 and payload["in_channels"] == 3
