@@ -138,6 +138,8 @@ def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
 
     def locate(loc: tuple[Any, ...]) -> str:
         dotted = ".".join(map(str, loc))
+        if not loc:
+            return f"experiments.{name}"
         if dotted in overrides:
             return f"command-line option {dotted}"
         if _has_path(override, loc):
@@ -146,7 +148,7 @@ def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
             return f"defaults.{dotted}"
         if loc and loc[0] == "model":
             return dotted
-        return f"experiments.{name}.{dotted}" if loc else f"experiments.{name}"
+        return f"experiments.{name}.{dotted}"
 
     return locate
 

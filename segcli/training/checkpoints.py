@@ -153,8 +153,7 @@ class SegcliCheckpoints(pl.Callback):
         model = pl_module.model
         if self.averaged is None:
             self.averaged = AveragedModel(model, use_buffers=True)
-        else:
-            self.averaged.update_parameters(model)
+        self.averaged.update_parameters(model)  # the first call copies (n_averaged 0 -> 1), later ones average
         monitor = pl_module.experiment.monitor
         self._write(LATEST, model, trainer, pl_module, metrics)
         self._write(AVERAGE, self.averaged.module, trainer, pl_module, metrics)

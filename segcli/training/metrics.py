@@ -30,7 +30,8 @@ class ConfusionMatrix(Metric):
         valid = (target >= 0) & (target < self.num_classes)
         if self.ignore_index is not None:
             valid &= target != self.ignore_index
-        index = target[valid] * self.num_classes + preds[valid]
+        # int64 before the arithmetic: uint8 masks would wrap at 256 (19 * 20 + 19 > 255).
+        index = target[valid].long() * self.num_classes + preds[valid].long()
         self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
 
     def compute(self) -> torch.Tensor:
