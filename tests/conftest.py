@@ -21,7 +21,6 @@ for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"
     os.environ.pop(variable, None)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """8 train + 4 val generated 64x64 pairs, classes background/disc/square/triangle. Do not modify."""

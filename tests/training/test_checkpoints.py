@@ -26,7 +26,11 @@ def task():
 def _trainer(epoch: int, miou: float):
     metrics = {"val/mIoU": torch.tensor(miou), "val/loss": torch.tensor(1.0), "train/mIoU": torch.tensor(0.9)}
     return SimpleNamespace(
-        sanity_checking=False, is_global_zero=True, callback_metrics=metrics, current_epoch=epoch, global_step=10 * epoch
+        sanity_checking=False,
+        is_global_zero=True,
+        callback_metrics=metrics,
+        current_epoch=epoch,
+        global_step=10 * epoch,
     )
 
 
