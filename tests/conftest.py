@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ os.environ.update(
         "NO_ALBUMENTATIONS_UPDATE": "1",
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
+        "SEGCLI_CACHE_DIR": tempfile.mkdtemp(prefix="segcli-cache-"),
     }
 )
 for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"):

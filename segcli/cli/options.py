@@ -21,4 +21,7 @@ ClassesOpt = Annotated[
     Optional[str],
     typer.Option("--classes", help="Comma-separated class names in label order. Default: CLASS_NAMES from .env."),
 ]
+IgnoreIndexOpt = Annotated[
+    Optional[int], typer.Option("--ignore-index", help="Label value that marks ignored pixels (not a class).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts instead of tables.")]

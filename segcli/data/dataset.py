@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from segcli.data.io import Pair, read_image, read_mask
 
@@ -30,3 +30,13 @@ class SegmentationDataset(Dataset):
         image, mask = self.read(index)
         out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()
+
+
+def seed_worker_transforms(worker_id: int) -> None:
+    """DataLoader worker_init_fn: each worker gets its own reproducible augmentation stream.
+
+    Without it every worker would copy the same Compose generator and repeat the same augmentations.
+    `info.seed` derives from the DataLoader's seeded generator and the worker id.
+    """
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)

@@ -98,8 +98,14 @@ def _per_channel(values, channels: int) -> list[float]:
     return [sum(values) / len(values)] * channels
 
 
-def build_pipeline(specs: Sequence[TransformSpec], where: str, in_channels: int, to_tensor: bool = True):
-    """Compose the listed transforms, append Normalize unless present, then convert to tensors."""
+def build_pipeline(
+    specs: Sequence[TransformSpec], where: str, in_channels: int, to_tensor: bool = True, seed: int | None = None
+):
+    """Compose the listed transforms, append Normalize unless present, then convert to tensors.
+
+    Albumentations draws from the Compose's own generator (global seeds have no effect), so
+    `seed` is what makes augmentations reproducible.
+    """
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
@@ -109,4 +115,4 @@ def build_pipeline(specs: Sequence[TransformSpec], where: str, in_channels: int,
         transforms.append(A.Normalize(mean=mean, std=std))
     if to_tensor:
         transforms.append(ToTensorV2())
-    return A.Compose(transforms)
+    return A.Compose(transforms, seed=seed)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from segcli.config.schema import Experiment
-from segcli.data.checks import check_dataset, format_problems
+from segcli.data.checks import check_dataset_cached, format_problems
 from segcli.data.io import list_pairs
 from segcli.data.transforms import build_pipeline, normalization
 from segcli.env import apply_offline_switches
@@ -172,7 +172,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     accelerator, devices = _select_device(exp, options.force_cpu)
     _check_precision(exp.precision, accelerator)
 
-    report = check_dataset(options.dataset, SPLITS, exp.model.classes, exp.ignore_index)
+    report = check_dataset_cached(options.dataset, SPLITS, options.class_names, exp.ignore_index)
     if report.errors:
         raise DatasetError(
             f"dataset {options.dataset} failed the check ({len(report.errors)} problems):\n"
@@ -185,7 +185,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     from pytorch_lightning.loggers import WandbLogger
     from torch.utils.data import DataLoader
 
-    from segcli.data.dataset import SegmentationDataset
+    from segcli.data.dataset import SegmentationDataset, seed_worker_transforms
     from segcli.models.registry import size_multiple
     from segcli.models.task import SegmentationTask
     from segcli.training.wandb_logging import sample_images, sync_file_live, wandb_mode
@@ -197,8 +197,10 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     multiple = size_multiple(task.model)
     channels = exp.model.in_channels
     pipelines = {
-        "train": build_pipeline(exp.train_transforms, f"experiment '{name}': train_transforms", channels),
-        "val": build_pipeline(exp.val_transforms, f"experiment '{name}': val_transforms", channels),
+        split: build_pipeline(
+            getattr(exp, f"{split}_transforms"), f"experiment '{name}': {split}_transforms", channels, seed=exp.seed
+        )
+        for split in SPLITS
     }
     model_label = f"{exp.model.arch} with {exp.model.encoder_name}"
     for split in SPLITS:
@@ -217,7 +219,11 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     }
     generator = torch.Generator().manual_seed(exp.seed)
     loader_args = dict(
-        batch_size=exp.batch_size, num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0
+        batch_size=exp.batch_size,
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker_transforms,
     )
     train_loader = DataLoader(
         datasets["train"],

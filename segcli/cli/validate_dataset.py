@@ -1,0 +1,124 @@
+"""`segcli validate-dataset`: every dataset problem in one pass, for people (tables) or scripts (--json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from segcli.cli.options import ClassesOpt, DatasetOpt, IgnoreIndexOpt, JsonOpt
+from segcli.cli.output import stdout_console
+
+EXIT_CLEAN, EXIT_PROBLEMS = 0, 1
+LINES_PER_KIND = 10
+
+
+def validate_dataset(
+    dataset: DatasetOpt = None,
+    classes: ClassesOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
+    split: Annotated[
+        Optional[list[str]], typer.Option("--split", help="Split to check (repeatable). Default: train and val.")
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="Files decoded in parallel. Default: the CPU count.")
+    ] = None,
+    json_output: JsonOpt = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
+) -> None:
+    """Check a dataset: pairs, readability, sizes, mask channels and values, class frequencies.
+
+    Exit code 0 when clean, 1 when problems were found, 2 for usage errors.
+    """
+    from segcli import env
+    from segcli.data.checks import check_dataset
+
+    env.load_env_file()
+    root = env.dataset_path(dataset)
+    class_names = env.class_names(classes)
+    splits = split or ["train", "val"]
+    if json_output or not sys.stderr.isatty():
+        report = check_dataset(root, splits, class_names, ignore_index, workers)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("checking", total=None)
+            report = check_dataset(
+                root,
+                splits,
+                class_names,
+                ignore_index,
+                workers,
+                on_total=lambda total: progress.update(task, total=total),
+                on_pair=lambda: progress.advance(task),
+            )
+    failed = bool(report.errors or (strict and report.warnings))
+    if json_output:
+        typer.echo(json.dumps({"ok": not failed, **report.to_dict()}, indent=2))
+    else:
+        _print_report(report, failed)
+    raise typer.Exit(EXIT_PROBLEMS if failed else EXIT_CLEAN)
+
+
+def _print_report(report, failed: bool) -> None:
+    console = stdout_console()
+    pairs = ", ".join(f"{split}: {stats.pairs} pairs" for split, stats in report.splits.items())
+    console.print(f"[bold]{report.root}[/bold]  ({pairs})", highlight=False)
+
+    by_kind = defaultdict(list)
+    for problem in report.problems:
+        by_kind[problem.kind].append(problem)
+    if by_kind:
+        table = Table(title="problems", show_lines=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("count", justify="right")
+        table.add_column("where and what", overflow="fold")
+        for kind, problems in sorted(by_kind.items(), key=lambda item: (item[1][0].severity != "error", item[0])):
+            lines = [f"{p.split}/{p.file}: {p.detail}" if p.file else f"{p.split}: {p.detail}" for p in problems]
+            if kind == "mask-values":
+                lines = _value_summary(report) + lines
+            shown = lines[:LINES_PER_KIND]
+            if len(lines) > LINES_PER_KIND:
+                shown.append(f"... and {len(lines) - LINES_PER_KIND} more")
+            style = "red" if problems[0].severity == "error" else "yellow"
+            table.add_row(f"[{style}]{kind}[/{style}]", str(len(problems)), "\n".join(shown))
+        console.print(table)
+
+    frequencies = Table(title="class pixel frequencies")
+    frequencies.add_column("label", justify="right")
+    frequencies.add_column("class")
+    for split in report.splits:
+        frequencies.add_column(split, justify="right")
+    totals = {split: sum(stats.class_pixels) + stats.ignored_pixels or 1 for split, stats in report.splits.items()}
+    for index, name in enumerate(report.class_names):
+        cells = [f"{100 * stats.class_pixels[index] / totals[split]:.2f}%" for split, stats in report.splits.items()]
+        frequencies.add_row(str(index), name, *cells)
+    if report.ignore_index is not None:
+        cells = [f"{100 * stats.ignored_pixels / totals[split]:.2f}%" for split, stats in report.splits.items()]
+        frequencies.add_row(str(report.ignore_index), "(ignored)", *cells)
+    console.print(frequencies)
+
+    for split, stats in report.splits.items():
+        sizes = ", ".join(f"{w}x{h} x{n}" for (h, w), n in stats.image_sizes.most_common(5))
+        more = f" (+{len(stats.image_sizes) - 5} more sizes)" if len(stats.image_sizes) > 5 else ""
+        console.print(f"{split} image sizes (WxH): {sizes or '-'}{more}", highlight=False)
+
+    errors, warnings = len(report.errors), len(report.warnings)
+    if failed:
+        console.print(f"[red bold]{errors} error(s), {warnings} warning(s)[/red bold]")
+    else:
+        console.print(f"[green bold]OK[/green bold]: no errors, {warnings} warning(s)")
+
+
+def _value_summary(report) -> list[str]:
+    """'value 255: in 12 files (a.png, b.png, ...)' per split, before the per-file lines."""
+    lines = []
+    for split, stats in report.splits.items():
+        for value, (files, names) in sorted(stats.bad_values.items()):
+            lines.append(f"{split}: value {value} in {files} file(s), e.g. {', '.join(names)}")
+    return lines
