@@ -66,3 +66,7 @@ def class_names(option: str | None) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"CLASS_NAMES has duplicate names: {value!r}")
     return names
+
+
+def wandb_project(option: str | None = None) -> str:
+    return option or os.environ.get("WANDB_PROJECT") or "segcli"

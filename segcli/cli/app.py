@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from segcli.cli import list_experiments, make_demo_dataset, train, validate_dataset
+from segcli.cli import list_experiments, make_demo_dataset, preview_samples, train, validate_dataset
 from segcli.env import apply_offline_switches
 from segcli.errors import SegcliError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command("train")(train.train)
 app.command("validate-dataset")(validate_dataset.validate_dataset)
+app.command("preview-samples")(preview_samples.preview_samples)
 app.command("list-experiments")(list_experiments.list_experiments)
 app.command("make-demo-dataset")(make_demo_dataset.make_demo_dataset)
 

@@ -107,12 +107,13 @@ def build_pipeline(
     `seed` is what makes augmentations reproducible.
     """
     import albumentations as A
-    from albumentations.pytorch import ToTensorV2
 
     transforms = [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
     if not any(is_normalize(spec) for spec in specs):
         mean, std = normalization(specs, in_channels)
         transforms.append(A.Normalize(mean=mean, std=std))
     if to_tensor:
+        from albumentations.pytorch import ToTensorV2  # imports torch: only where tensors are wanted
+
         transforms.append(ToTensorV2())
     return A.Compose(transforms, seed=seed)

@@ -57,4 +57,72 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
     if image.ndim == 2 or image.shape[2] == 1:
         image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
     blended = image.astype(np.float32) * (1 - alpha) + colourize(mask, colours).astype(np.float32) * alpha
+    blended[mask >= len(colours)] = image[mask >= len(colours)]  # ignored pixels stay as they are
     return blended.clip(0, 255).astype(np.uint8)
+
+
+TILE_HEIGHT = 240
+MARGIN = 8
+HEADER = 22
+COLUMNS = ("image", "mask", "overlay")
+
+
+def legend_entries(class_names, ignore_index: int | None) -> list[tuple[str, tuple[int, int, int]]]:
+    """(label, colour) for every class, plus the ignored label when there is one."""
+    colours = palette(len(class_names))
+    entries = [(f"{index} {name}", tuple(int(c) for c in colours[index])) for index, name in enumerate(class_names)]
+    if ignore_index is not None and ignore_index >= len(class_names):
+        entries.append((f"{ignore_index} ignored", IGNORED_COLOUR))
+    return entries
+
+
+def render_grid(samples, class_names, ignore_index: int | None = None):
+    """One row per sample (image | coloured mask | overlay) and a legend of every class: a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    colours = palette(len(class_names))
+    rows = []
+    for sample in samples:
+        height, width = sample.mask.shape[:2]
+        scale = TILE_HEIGHT / height
+        size = (max(1, round(width * scale)), TILE_HEIGHT)
+        tiles = [
+            sample.image if sample.image.shape[2] == 3 else np.repeat(sample.image[:, :, :1], 3, axis=2),
+            colourize(sample.mask, colours),
+            overlay(sample.image, sample.mask, colours),
+        ]
+        resample = [Image.Resampling.BILINEAR, Image.Resampling.NEAREST, Image.Resampling.NEAREST]
+        rows.append((sample.name, [Image.fromarray(t).resize(size, r) for t, r in zip(tiles, resample, strict=True)]))
+
+    entries = legend_entries(class_names, ignore_index)
+    row_width = max(sum(t.width for t in tiles) + MARGIN * (len(tiles) + 1) for _, tiles in rows)
+    swatch, entry_width = 16, 190
+    per_line = max(1, (row_width - MARGIN) // entry_width)
+    legend_height = HEADER + ((len(entries) + per_line - 1) // per_line) * (swatch + 8) + MARGIN
+    height = HEADER + len(rows) * (TILE_HEIGHT + HEADER + MARGIN) + legend_height
+    canvas = Image.new("RGB", (row_width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    first_tiles = rows[0][1]
+    x = MARGIN
+    for title, tile in zip(COLUMNS, first_tiles, strict=True):
+        draw.text((x, 4), title, fill="black", font=font)
+        x += tile.width + MARGIN
+    y = HEADER
+    for name, tiles in rows:
+        draw.text((MARGIN, y + 2), name, fill="black", font=font)
+        x = MARGIN
+        for tile in tiles:
+            canvas.paste(tile, (x, y + HEADER))
+            x += tile.width + MARGIN
+        y += TILE_HEIGHT + HEADER + MARGIN
+
+    draw.text((MARGIN, y + 2), "legend (label, class)", fill="black", font=font)
+    y += HEADER
+    for index, (label, colour) in enumerate(entries):
+        column, line = index % per_line, index // per_line
+        left, top = MARGIN + column * entry_width, y + line * (swatch + 8)
+        draw.rectangle([left, top, left + swatch, top + swatch], fill=colour, outline="black")
+        draw.text((left + swatch + 6, top), label, fill="black", font=font)
+    return canvas

@@ -18,8 +18,9 @@ import numpy as np
 from segcli.config.schema import Experiment
 from segcli.data.checks import check_dataset_cached, format_problems
 from segcli.data.io import list_pairs
+from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import build_pipeline, normalization
-from segcli.env import apply_offline_switches
+from segcli.env import apply_offline_switches, wandb_project
 from segcli.errors import ConfigError, DatasetError, did_you_mean
 from segcli.training.checkpoints import SegcliCheckpoints
 from segcli.training.metrics import logged_metric_keys
@@ -188,7 +189,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     from segcli.data.dataset import SegmentationDataset, seed_worker_transforms
     from segcli.models.registry import size_multiple
     from segcli.models.task import SegmentationTask
-    from segcli.training.wandb_logging import sample_images, sync_file_live, wandb_mode
+    from segcli.training.wandb_logging import sync_file_live, wandb_images, wandb_mode
 
     _quiet_lightning()
     pl.seed_everything(exp.seed, workers=True, verbose=False)
@@ -244,7 +245,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         "run_name": options.run_name,
     }
     logger = WandbLogger(
-        project=options.wandb_project or os.environ.get("WANDB_PROJECT") or "segcli",
+        project=wandb_project(options.wandb_project),
         name=options.run_name,
         save_dir=str(options.output_dir),
         mode=mode,
@@ -253,13 +254,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     )
     run = logger.experiment
     try:
-        run.log(
-            {
-                "samples/train": sample_images(
-                    datasets["train"].pairs, options.class_names, exp.ignore_index, SAMPLES_LOGGED, exp.seed, channels
-                )
-            }
-        )
+        samples = load_samples(choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed), channels)
+        run.log({"samples/train": wandb_images(samples, options.class_names, exp.ignore_index)})
         synced: set[Path] = set()
 
         def sync(path: Path) -> None:

@@ -7,9 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from segcli.data.io import Pair, read_image, read_mask
+from segcli.data.samples import Sample
 
 
 def _has_api_key() -> bool:
@@ -30,32 +28,17 @@ def wandb_mode(offline: bool) -> str:
     return "online" if _has_api_key() else "offline"
 
 
-def sample_images(
-    pairs: Sequence[Pair],
-    class_names: Sequence[str],
-    ignore_index: int | None,
-    count: int,
-    seed: int,
-    in_channels: int = 3,
-):
-    """`count` seeded random pairs as wandb.Image objects with the mask as an overlay and class legend."""
+def wandb_images(samples: Sequence[Sample], class_names: Sequence[str], ignore_index: int | None) -> list:
+    """wandb.Image objects with the mask as an overlay; W&B shows the class names as its legend."""
     import wandb
 
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(pairs), size=min(count, len(pairs)), replace=False)
     labels = {index: name for index, name in enumerate(class_names)}
     if ignore_index is not None and ignore_index not in labels:
         labels[ignore_index] = "ignored"
-    images = []
-    for index in sorted(int(i) for i in chosen):
-        pair = pairs[index]
-        image, mask = read_image(pair.image, in_channels), read_mask(pair.mask)
-        images.append(
-            wandb.Image(
-                image, caption=pair.image.name, masks={"ground_truth": {"mask_data": mask, "class_labels": labels}}
-            )
-        )
-    return images
+    return [
+        wandb.Image(s.image, caption=s.name, masks={"ground_truth": {"mask_data": s.mask, "class_labels": labels}})
+        for s in samples
+    ]
 
 
 def sync_file_live(run, path: Path) -> None:
