@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcli.data.io import IMAGE_SUFFIXES, IMAGES, LABELS, Pair, split_files
+from segcli.data.io import IMAGES, LABELS, Pair, scan_folder
 
 ERROR, WARNING = "error", "warning"
 NAMES_KEPT = 5  # file names kept per group (values outside the classes, odd channel counts)
@@ -122,7 +122,8 @@ def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | 
     from PIL import Image
 
     problems: list[Problem] = []
-    image = cv2.imread(str(pair.image), cv2.IMREAD_UNCHANGED)
+    data = pair.image.read_bytes()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if _complete(pair.image, data) else None
     if image is None:
         problems.append(
             Problem("unreadable-image", split, pair.image.name, "cannot decode the image (corrupt or truncated?)")
@@ -183,6 +184,13 @@ def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | 
     return result
 
 
+def _complete(path: Path, data: bytes) -> bool:
+    """cv2 decodes a truncated JPEG into a half-grey picture without failing: look for its end marker."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return b"\xff\xd9" in data[-1024:]
+    return True
+
+
 def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:
     if not (root / split).is_dir():
         return [Problem("missing-split", split, None, f"folder {root / split} does not exist")], []
@@ -191,11 +199,13 @@ def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]
     for kind in (IMAGES, LABELS):
         if not (root / split / kind).is_dir():
             problems.append(Problem("missing-split", split, None, f"folder {root / split / kind} does not exist"))
-        files[kind] = split_files(root, split, kind)
-        for stem, path in list(files[kind].items()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(Problem("not-an-image", split, path.name, f"{kind}/{path.name} is not an image file"))
-                del files[kind][stem]
+        folder = scan_folder(root, split, kind)
+        files[kind] = folder.files
+        for path in folder.not_images:
+            problems.append(Problem("not-an-image", split, path.name, f"{kind}/{path.name} is not an image file"))
+        for paths in folder.duplicates:
+            detail = f"{kind}/ has {', '.join(p.name for p in paths)}: keep one file per stem"
+            problems.append(Problem("duplicate-stem", split, paths[0].name, detail))
     images, masks = files[IMAGES], files[LABELS]
     for stem in sorted(images.keys() - masks.keys()):
         name = images[stem].name

@@ -21,12 +21,37 @@ class Pair:
         return self.image.stem
 
 
-def split_files(root: Path, split: str, kind: str) -> dict[str, Path]:
-    """stem -> file for one of <root>/<split>/{images,labels}; empty when the folder is missing."""
+@dataclass
+class Folder:
+    """One of <root>/<split>/{images,labels}: image files by stem, and what does not pair."""
+
+    files: dict[str, Path]
+    not_images: list[Path]
+    duplicates: list[list[Path]]  # several images sharing a stem (a.png and a.jpg)
+
+
+def scan_folder(root: Path, split: str, kind: str) -> Folder:
     folder = root / split / kind
     if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+        return Folder({}, [], [])
+    entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    by_stem: dict[str, list[Path]] = {}
+    not_images = []
+    for path in entries:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(path.stem, []).append(path)
+        else:
+            not_images.append(path)
+    return Folder(
+        files={stem: paths[0] for stem, paths in by_stem.items()},
+        not_images=not_images,
+        duplicates=[paths for paths in by_stem.values() if len(paths) > 1],
+    )
+
+
+def split_files(root: Path, split: str, kind: str) -> dict[str, Path]:
+    """stem -> image file for one of <root>/<split>/{images,labels}; empty when the folder is missing."""
+    return scan_folder(root, split, kind).files
 
 
 def list_pairs(root: Path, split: str) -> list[Pair]:

@@ -1,0 +1,205 @@
+"""`segcli validate-dataset`, run as a user runs it: tables or --json, exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import CAMVID_CLASSES, DEMO_CLASSES, SHARED_DATASETS, assert_user_error, run_segcli
+
+BROKEN = {
+    ("mask-without-image", "train", "train_0002.png"),
+    ("unreadable-image", "train", "train_0003.png"),
+    ("mask-not-single-channel", "val", "val_0001.png"),
+    ("mask-values", "train", "train_0005.png"),
+}
+
+
+def validate(dataset: Path, *args, cwd: Path, classes: str | None = DEMO_CLASSES) -> subprocess.CompletedProcess:
+    options = ["--classes", classes] if classes is not None else []
+    return run_segcli("validate-dataset", "--dataset", dataset, *options, *args, cwd=cwd, timeout=120)
+
+
+def problem_set(report: dict) -> set[tuple[str, str, str | None]]:
+    return {(p["kind"], p["split"], p["file"]) for p in report["problems"]}
+
+
+@pytest.fixture
+def clean_copy(tiny_dataset, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_dataset, tmp_path / "clean"))
+
+
+@pytest.fixture
+def broken_copy(tiny_dataset, tmp_path) -> Path:
+    """Four problems: an orphan mask, a truncated PNG image, an RGB mask, a mask holding 255."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "broken"))
+    (root / "train" / "images" / "train_0002.png").unlink()
+    image = root / "train" / "images" / "train_0003.png"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    rgb = root / "val" / "labels" / "val_0001.png"
+    Image.fromarray(np.stack([np.array(Image.open(rgb)) * 60] * 3, axis=-1)).save(rgb)
+    with_255 = root / "train" / "labels" / "train_0005.png"
+    mask = np.array(Image.open(with_255))
+    assert len(np.unique(mask)) > 1  # a normal mask, so 255 is a stray value, not a 0/255 binary mask
+    mask[0, :] = 255
+    Image.fromarray(mask).save(with_255)
+    return root
+
+
+def test_clean_dataset_is_ok_with_class_frequencies(clean_copy, in_tmp_cwd):
+    result = validate(clean_copy, cwd=in_tmp_cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "OK: no errors, 0 warning(s)" in out
+    assert "class pixel frequencies" in out
+    assert "train: 8 pairs, val: 4 pairs" in out
+    assert "train image sizes (WxH): 64x64 x8" in out
+    for index, name in enumerate(DEMO_CLASSES.split(",")):
+        assert f"│     {index} │ {name} " in out, name
+    assert "problems" not in out.replace("class pixel frequencies", "")
+
+
+def test_broken_dataset_names_every_problem(broken_copy, in_tmp_cwd):
+    result = validate(broken_copy, cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr
+    for kind, split, name in BROKEN:
+        assert kind in out, kind
+        assert f"{split}/{name}" in out, name
+    assert "value 255" in out
+    assert "4 error(s), 0 warning(s)" in out
+    assert "OK:" not in out
+
+
+def test_broken_dataset_json(broken_copy, in_tmp_cwd):
+    result = validate(broken_copy, "--json", cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["summary"]["by_kind"] == {kind: 1 for kind, _, _ in BROKEN}
+    assert report["summary"]["errors"] == 4
+    assert report["summary"]["pairs"] == {"train": 7, "val": 4}
+    assert problem_set(report) == BROKEN
+    for problem in report["problems"]:
+        assert {"kind", "split", "file", "detail"} <= problem.keys()
+        assert problem["detail"]
+    assert report["splits"]["train"]["bad_values"] == {"255": [1, ["train_0005.png"]]}
+
+
+def test_split_option_checks_only_that_split(broken_copy, in_tmp_cwd):
+    result = validate(broken_copy, "--split", "train", "--json", cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["pairs"] == {"train": 7}
+    assert list(report["splits"]) == ["train"]
+    assert problem_set(report) == {p for p in BROKEN if p[1] == "train"}  # the RGB val mask is not seen
+
+    only_val = json.loads(validate(broken_copy, "--split", "val", "--json", cwd=in_tmp_cwd).stdout)
+    assert problem_set(only_val) == {("mask-not-single-channel", "val", "val_0001.png")}
+
+
+def test_one_worker_gives_the_same_report(broken_copy, in_tmp_cwd):
+    one = validate(broken_copy, "--workers", "1", "--json", cwd=in_tmp_cwd)
+    many = validate(broken_copy, "--workers", "4", "--json", cwd=in_tmp_cwd)
+    assert one.returncode == many.returncode == 1
+    assert json.loads(one.stdout) == json.loads(many.stdout)
+
+
+def test_ignore_index_row(clean_copy, in_tmp_cwd):
+    mask_path = clean_copy / "val" / "labels" / "val_0000.png"
+    mask = np.array(Image.open(mask_path))
+    mask[:, 0] = 255
+    Image.fromarray(mask).save(mask_path)
+    assert validate(clean_copy, cwd=in_tmp_cwd).returncode == 1
+    result = validate(clean_copy, "--ignore-index", "255", cwd=in_tmp_cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(ignored)" in result.stdout
+    report = json.loads(validate(clean_copy, "--ignore-index", "255", "--json", cwd=in_tmp_cwd).stdout)
+    assert report["ok"] is True
+    assert report["splits"]["val"]["ignored_pixels"] == 64
+
+
+def test_class_never_seen_fails_only_with_strict(clean_copy, in_tmp_cwd):
+    classes = DEMO_CLASSES + ",hexagon"
+    lenient = validate(clean_copy, cwd=in_tmp_cwd, classes=classes)
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "class-never-seen" in lenient.stdout and "hexagon" in lenient.stdout
+    assert "OK: no errors, 1 warning(s)" in lenient.stdout
+
+    strict = validate(clean_copy, "--strict", cwd=in_tmp_cwd, classes=classes)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "0 error(s), 1 warning(s)" in strict.stdout
+
+    strict_json = json.loads(validate(clean_copy, "--strict", "--json", cwd=in_tmp_cwd, classes=classes).stdout)
+    assert strict_json["ok"] is False
+    assert strict_json["summary"]["by_kind"] == {"class-never-seen": 1}
+
+
+def test_missing_dataset_folder_is_a_user_error(in_tmp_cwd):
+    assert_user_error(validate(in_tmp_cwd / "nowhere", cwd=in_tmp_cwd), "nowhere", "does not exist")
+
+
+def test_no_dataset_at_all_is_a_user_error(in_tmp_cwd):
+    result = run_segcli("validate-dataset", "--classes", DEMO_CLASSES, cwd=in_tmp_cwd)
+    assert_user_error(result, "no dataset", "DATASET_PATH")
+
+
+def test_no_classes_is_a_user_error(clean_copy, in_tmp_cwd):
+    assert_user_error(validate(clean_copy, cwd=in_tmp_cwd, classes=None), "no class names", "CLASS_NAMES")
+
+
+def test_env_file_supplies_dataset_and_classes(clean_copy, in_tmp_cwd):
+    (in_tmp_cwd / ".env").write_text(f"DATASET_PATH={clean_copy}\nCLASS_NAMES={DEMO_CLASSES},hexagon\n")
+    result = run_segcli("validate-dataset", "--json", cwd=in_tmp_cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["root"] == str(clean_copy)
+    assert report["class_names"] == [*DEMO_CLASSES.split(","), "hexagon"]
+    assert report["summary"]["pairs"] == {"train": 8, "val": 4}
+
+    # options win over .env
+    override = validate(clean_copy, "--json", cwd=in_tmp_cwd)
+    assert json.loads(override.stdout)["class_names"] == DEMO_CLASSES.split(",")
+
+
+def test_validate_dataset_does_not_import_torch(clean_copy, in_tmp_cwd):
+    argv = ["segcli", "validate-dataset", "--dataset", str(clean_copy), "--classes", DEMO_CLASSES, "--json"]
+    probe = (
+        "import sys\n"
+        "from segcli.cli.app import main\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+        "print('CHECKED', 'segcli.data.checks' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=in_tmp_cwd, capture_output=True, text=True, timeout=60)
+    assert "EXIT 0" in result.stdout, result.stdout + result.stderr
+    assert "CHECKED True" in result.stdout
+    assert "TORCH False" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_camvid(in_tmp_cwd):
+    camvid = SHARED_DATASETS / "camvid"
+    if not camvid.is_dir():
+        pytest.skip("../shared/datasets/camvid is not present")
+    result = validate(camvid, "--ignore-index", "11", "--json", cwd=in_tmp_cwd, classes=CAMVID_CLASSES)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["summary"]["pairs"] == {"train": 367, "val": 101}
+    assert report["summary"]["errors"] == 0
+    train = report["splits"]["train"]
+    assert len(train["class_pixels"]) == 11
+    assert all(count > 0 for count in train["class_pixels"])
+    assert train["ignored_pixels"] > 0
+    assert train["bad_values"] == {}
