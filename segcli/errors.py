@@ -24,6 +24,16 @@ class CheckpointError(SegcliError):
     """A checkpoint cannot be read or is not a segcli checkpoint."""
 
 
+class StorageError(SegcliError):
+    """A file could not be written (disk full, no permission); what was there before is intact."""
+
+
+class TrainingDivergedError(SegcliError):
+    """The loss became NaN or infinite; no checkpoint was written from the broken weights."""
+
+    exit_code = 3
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """A hint listing the options closest to `name`, or all of them when none is close."""
     options = sorted(options)

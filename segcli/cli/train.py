@@ -12,6 +12,8 @@ from rich.table import Table
 from segcli.cli.options import ClassesOpt, ConfigOpt, DatasetOpt, ExperimentOpt
 from segcli.cli.output import stdout_console
 
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
+
 
 def train(
     config: ConfigOpt,
@@ -29,6 +31,12 @@ def train(
     offline: Annotated[
         bool, typer.Option("--offline", help="Keep the W&B run offline (`wandb sync` it later).")
     ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue this run from its latest saved state (W&B run included).")
+    ] = False,
+    resume_from: Annotated[
+        Optional[Path], typer.Option("--resume-from", help="Continue from this state file (state_latest.ckpt).")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the checkpoints of an earlier run of the same name.")
     ] = False,
@@ -59,9 +67,21 @@ def train(
             overwrite=overwrite,
             force_cpu=cpu,
             progress=sys.stderr.isatty(),
+            resume=resume,
+            resume_from=resume_from,
         ),
     )
+    if result.finished_before:
+        stdout_console().print(
+            f"run {result.run_name} already finished ({result.epochs_run} epochs); nothing to resume. "
+            f"Checkpoints: {result.run_dir}",
+            highlight=False,
+        )
+        return
     _print_summary(result, class_names)
+    if result.interrupted:
+        typer.echo(f"stopped at your request after epoch {result.epochs_run}; continue with --resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _fmt(value: float | None) -> str:

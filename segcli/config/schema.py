@@ -111,7 +111,7 @@ class Experiment(StrictModel):
     max_epochs: int = Field(10, gt=0)
     gpu: int | None = Field(None, ge=0)
     """CUDA device index; null picks GPU 0 when there is one, else the CPU."""
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     num_workers: int | None = Field(None, ge=0)
     """DataLoader workers; null means min(4, CPU count)."""
     ignore_index: int | None = None

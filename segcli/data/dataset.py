@@ -1,42 +1,80 @@
-"""The training dataset: image/mask pairs through an Albumentations pipeline."""
+"""The training dataset and sampler: reproducible to the sample, so a resumed run repeats exactly.
+
+The shuffle order depends only on (seed, epoch) and each sample's augmentation only on
+(seed, epoch, index): not on worker count, worker assignment or how often the run was resumed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, Sampler
 
 from segcli.data.io import Pair, read_image, read_mask
 
 
-class SegmentationDataset(Dataset):
-    """Yields (image float CxHxW, mask int64 HxW); the pipeline must end with ToTensorV2."""
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from non-negative integers (seed, epoch, index, ...)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
-    def __init__(self, pairs: Sequence[Pair], transform, in_channels: int = 3):
+
+class SegmentationDataset(Dataset):
+    """Yields (image float CxHxW, mask int64 HxW); the pipeline must end with ToTensorV2.
+
+    Indexed by `(epoch, index)` (from EpochSampler) or a plain index (epoch 0).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], transform, in_channels: int = 3, seed: int = 0):
         self.pairs = list(pairs)
         self.transform = transform
         self.in_channels = in_channels
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def read(self, index: int):
-        """The untransformed image and mask as numpy arrays."""
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         pair = self.pairs[index]
-        return read_image(pair.image, self.in_channels), read_mask(pair.mask)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.read(index)
+        image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
+        self.transform.set_random_seed(derived_seed(self.seed, epoch, index))
         out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()
 
 
-def seed_worker_transforms(worker_id: int) -> None:
-    """DataLoader worker_init_fn: each worker gets its own reproducible augmentation stream.
+class EpochSampler(Sampler):
+    """Yields (epoch, index); shuffled with a generator seeded by (seed, epoch).
 
-    Without it every worker would copy the same Compose generator and repeat the same augmentations.
-    `info.seed` derives from the DataLoader's seeded generator and the worker id.
+    Lightning calls `set_epoch` before every training epoch, also after a resume.
     """
-    info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return ((self.epoch, index) for index in order)
+
+
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C is the main process's to handle (it stops after the epoch).
+
+    A terminal sends SIGINT to every process of the group; a worker dying of it would crash the epoch.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

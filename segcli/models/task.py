@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from segcli.config.schema import Experiment
+from segcli.errors import TrainingDivergedError
 from segcli.models import registry
 from segcli.training.metrics import ConfusionMatrix, epoch_metrics
 
@@ -49,6 +50,13 @@ class SegmentationTask(pl.LightningModule):
         images, masks = batch
         logits = self(images)
         loss = self.criterion(logits, masks)
+        if stage == "train" and not torch.isfinite(loss):
+            # Stop before backward(): the weights are still the last good ones, and no checkpoint is written.
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step}; "
+                "lower `lr`, use `precision: 32`, or check the data. ckpt_best.pth and average_model.pth are "
+                "untouched; `--resume` continues from the last completed epoch"
+            )
         self.confusion[f"{stage}_matrix"].update(logits.detach().argmax(1), masks)
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True

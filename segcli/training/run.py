@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from segcli.data.io import list_pairs
 from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import build_pipeline, normalization
 from segcli.env import apply_offline_switches, wandb_project
-from segcli.errors import ConfigError, DatasetError, did_you_mean
-from segcli.training.checkpoints import SegcliCheckpoints
+from segcli.errors import CheckpointError, ConfigError, DatasetError, did_you_mean
+from segcli.training.checkpoints import STATE, SegcliCheckpoints
 from segcli.training.metrics import logged_metric_keys
+from segcli.training.resume import RECORD, AtomicCheckpointIO, GracefulStop, RunRecord, state_hparams
 
 SPLITS = ("train", "val")
 SAMPLES_LOGGED = 2
@@ -42,6 +44,10 @@ class RunOptions:
     force_cpu: bool = False
     wandb_project: str | None = None
     progress: bool = True
+    resume: bool = False
+    """Continue this run from <run dir>/state_latest.ckpt."""
+    resume_from: Path | None = None
+    """Continue from this state file instead."""
 
 
 @dataclass
@@ -57,9 +63,30 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     parameters: int
-    wandb_mode: str
+    wandb_mode: str | None
     wandb_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    resumed_from: Path | None = None
+    finished_before: bool = False
+
+    @classmethod
+    def for_finished_run(cls, run_name: str, run_dir: Path, record: RunRecord) -> TrainResult:
+        """What `--resume` of a run that already ended returns: nothing to do."""
+        return cls(
+            run_name=run_name,
+            run_dir=run_dir,
+            checkpoints={p.name: p for p in sorted(run_dir.glob("*.pth"))},
+            best_epoch=None,
+            best_metrics={},
+            history=[],
+            final_metrics={},
+            epochs_run=record.epochs_completed,
+            stopped_early=False,
+            seconds=0.0,
+            parameters=0,
+            wandb_mode=None,
+            finished_before=True,
+        )
 
 
 def _check_classes(experiment: Experiment, class_names: list[str]) -> None:
@@ -142,19 +169,41 @@ def _check_sizes(name: str, split: str, pipeline, image_sizes, channels: int, mu
             )
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.glob("*.pth")) and not overwrite:
+def _prepare_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
+    if run_dir.exists() and any(run_dir.glob("*.pth")) and not (overwrite or resuming):
         raise ConfigError(
-            f"{run_dir} already holds checkpoints of this run; pass --overwrite to replace them "
-            "or --output-dir to train somewhere else"
+            f"{run_dir} already holds checkpoints of this run; continue it with --resume, replace it with "
+            "--overwrite, or train somewhere else with --output-dir"
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resuming:  # a later --resume must not pick up the replaced run's state
+            for old in [*run_dir.glob("*.pth"), run_dir / STATE, run_dir / RECORD]:
+                old.unlink(missing_ok=True)
         probe = run_dir / ".write-test"
         probe.touch()
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"output directory {run_dir} is not writable ({exc.strerror}); pass --output-dir") from None
+
+
+def _resume_state(options: RunOptions, run_dir: Path, experiment: Experiment) -> Path | None:
+    """The state file to continue from, after checking it belongs to this model; None for a fresh run."""
+    if options.resume_from is None and not options.resume:
+        return None
+    state = options.resume_from or run_dir / STATE
+    if not state.is_file():
+        raise CheckpointError(
+            f"no training state at {state} to resume from; start the run without --resume"
+            + ("" if options.resume_from else f" (or check --output-dir: looked in {run_dir})")
+        )
+    stored = Experiment.model_validate(state_hparams(state)["experiment"]).model
+    if stored != experiment.model:
+        raise CheckpointError(
+            f"{state} was trained with model {stored.model_dump()} but the experiment now says "
+            f"{experiment.model.model_dump()}; resume with the same model block"
+        )
+    return state
 
 
 def _quiet_lightning() -> None:
@@ -163,8 +212,60 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _make_loaders(exp: Experiment, datasets: dict, workers: int, on_gpu: bool) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from segcli.data.dataset import EpochSampler, ignore_interrupts_in_worker
+
+    loaders = {}
+    for split, dataset in datasets.items():
+        loaders[split] = DataLoader(
+            dataset,
+            batch_size=exp.batch_size,
+            sampler=EpochSampler(len(dataset), exp.seed, shuffle=split == "train"),
+            drop_last=split == "train" and len(dataset) > exp.batch_size,  # no 1-image BatchNorm batch
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+            worker_init_fn=ignore_interrupts_in_worker,
+            generator=torch.Generator().manual_seed(exp.seed),  # worker seeds; leaves the global RNG alone
+        )
+    return loaders
+
+
+def _make_logger(options: RunOptions, config: dict, record: RunRecord):
+    """A W&B logger on the run's id (so --resume continues the same run); offline if W&B cannot start."""
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    from segcli.training.wandb_logging import wandb_mode
+
+    mode = wandb_mode(options.offline)
+    for attempt_mode in dict.fromkeys([mode, "offline"]):
+        logger = WandbLogger(
+            project=wandb_project(options.wandb_project),
+            name=options.run_name,
+            id=record.wandb_id,
+            resume="allow",
+            save_dir=str(options.output_dir),
+            mode=attempt_mode,
+            config=config,
+            log_model=False,
+            settings=wandb.Settings(init_timeout=60, quiet=True),
+        )
+        try:
+            logger.experiment  # noqa: B018 - starts the run now, so a failure can fall back to offline
+            return logger, attempt_mode
+        except Exception as exc:  # noqa: BLE001 - wandb raises many types for network failures
+            if attempt_mode == "offline":
+                raise
+            warnings.warn(f"W&B could not start online ({exc}); logging offline instead", stacklevel=2)
+    raise AssertionError("unreachable")
+
+
 def train(experiment: Experiment, options: RunOptions) -> TrainResult:
-    """Check everything, train, and return where the checkpoints are and what was measured."""
+    """Check everything, train (or continue) the run, and return where its files are and what was measured."""
     apply_offline_switches()
     started = time.monotonic()
     exp, name = experiment, options.experiment_name
@@ -172,6 +273,11 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     _check_monitors(exp, options.class_names)
     accelerator, devices = _select_device(exp, options.force_cpu)
     _check_precision(exp.precision, accelerator)
+    run_dir = options.output_dir / "checkpoints" / options.run_name
+    resume_from = _resume_state(options, run_dir, exp)
+    record = RunRecord.read(run_dir) if resume_from else None
+    if record and record.finished and options.resume_from is None:
+        return TrainResult.for_finished_run(options.run_name, run_dir, record)
 
     report = check_dataset_cached(options.dataset, SPLITS, options.class_names, exp.ignore_index)
     if report.errors:
@@ -183,13 +289,11 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
-    from pytorch_lightning.loggers import WandbLogger
-    from torch.utils.data import DataLoader
 
-    from segcli.data.dataset import SegmentationDataset, seed_worker_transforms
+    from segcli.data.dataset import SegmentationDataset
     from segcli.models.registry import size_multiple
     from segcli.models.task import SegmentationTask
-    from segcli.training.wandb_logging import sync_file_live, wandb_images, wandb_mode
+    from segcli.training.wandb_logging import sync_file_live, wandb_images
 
     _quiet_lightning()
     pl.seed_everything(exp.seed, workers=True, verbose=False)
@@ -198,44 +302,25 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     multiple = size_multiple(task.model)
     channels = exp.model.in_channels
     pipelines = {
-        split: build_pipeline(
-            getattr(exp, f"{split}_transforms"), f"experiment '{name}': {split}_transforms", channels, seed=exp.seed
-        )
+        split: build_pipeline(getattr(exp, f"{split}_transforms"), f"experiment '{name}': {split}_transforms", channels)
         for split in SPLITS
     }
     model_label = f"{exp.model.arch} with {exp.model.encoder_name}"
     for split in SPLITS:
         _check_sizes(name, split, pipelines[split], report.splits[split].image_sizes, channels, multiple, model_label)
     mean, std = normalization(exp.train_transforms, channels)
-
-    run_dir = options.output_dir / "checkpoints" / options.run_name
-    _prepare_run_dir(run_dir, options.overwrite)
+    _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
 
     workers = exp.num_workers if exp.num_workers is not None else min(4, os.cpu_count() or 1)
     on_gpu = accelerator == "gpu"
     if on_gpu:
         torch.set_float32_matmul_precision("high")
     datasets = {
-        split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels) for split in SPLITS
+        split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels, exp.seed)
+        for split in SPLITS
     }
-    generator = torch.Generator().manual_seed(exp.seed)
-    loader_args = dict(
-        batch_size=exp.batch_size,
-        num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=workers > 0,
-        worker_init_fn=seed_worker_transforms,
-    )
-    train_loader = DataLoader(
-        datasets["train"],
-        shuffle=True,
-        generator=generator,
-        drop_last=len(datasets["train"]) > exp.batch_size,
-        **loader_args,
-    )
-    val_loader = DataLoader(datasets["val"], shuffle=False, **loader_args)
+    loaders = _make_loaders(exp, datasets, workers, on_gpu)
 
-    mode = wandb_mode(options.offline)
     config = {
         **exp.model_dump(mode="json"),
         "class_names": options.class_names,
@@ -244,18 +329,15 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         "config_file": str(options.config_file) if options.config_file else None,
         "run_name": options.run_name,
     }
-    logger = WandbLogger(
-        project=wandb_project(options.wandb_project),
-        name=options.run_name,
-        save_dir=str(options.output_dir),
-        mode=mode,
-        config=config,
-        log_model=False,
-    )
+    record = record or RunRecord(options.run_name)
+    logger, mode = _make_logger(options, config, record)
     run = logger.experiment
+    record.wandb_id, record.finished = run.id, False
+    record.write(run_dir)
     try:
-        samples = load_samples(choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed), channels)
-        run.log({"samples/train": wandb_images(samples, options.class_names, exp.ignore_index)})
+        if resume_from is None:
+            samples = load_samples(choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed), channels)
+            run.log({"samples/train": wandb_images(samples, options.class_names, exp.ignore_index)})
         synced: set[Path] = set()
 
         def sync(path: Path) -> None:
@@ -263,8 +345,15 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
                 sync_file_live(run, path)
                 synced.add(path)
 
-        checkpoints = SegcliCheckpoints(run_dir, options.run_name, {"mean": mean, "std": std}, multiple, on_write=sync)
-        callbacks: list[pl.Callback] = [checkpoints, LearningRateMonitor(logging_interval="epoch")]
+        def saved(epoch: int) -> None:
+            record.epochs_completed = epoch + 1
+            record.write(run_dir)
+
+        checkpoints = SegcliCheckpoints(
+            run_dir, options.run_name, {"mean": mean, "std": std}, multiple, sync, run_dir / STATE, saved
+        )
+        stop = GracefulStop()
+        callbacks: list[pl.Callback] = [checkpoints, stop, LearningRateMonitor(logging_interval="epoch")]
         early_stopping = None
         if exp.early_stopping:
             cfg = exp.early_stopping
@@ -286,13 +375,17 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             max_epochs=exp.max_epochs,
             logger=logger,
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=options.progress,
             default_root_dir=str(options.output_dir),
-            log_every_n_steps=max(1, min(50, len(train_loader))),
+            log_every_n_steps=max(1, min(50, len(loaders["train"]))),
         )
-        trainer.fit(task, train_loader, val_loader)
+        with stop:
+            trainer.fit(task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
+        record.finished = not stop.requested
+        record.write(run_dir)
         wandb_dir = run.dir
     finally:
         run.finish()
@@ -307,6 +400,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         final_metrics={key: float(value) for key, value in trainer.callback_metrics.items()},
         epochs_run=trainer.current_epoch,
         stopped_early=bool(early_stopping and early_stopping.stopped_epoch),
+        interrupted=stop.requested,
+        resumed_from=resume_from,
         seconds=time.monotonic() - started,
         parameters=sum(p.numel() for p in task.model.parameters()),
         wandb_mode=mode,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from segcli.config.schema import Experiment, ModelConfig
-from segcli.errors import CheckpointError
+from segcli.errors import CheckpointError, StorageError
 from segcli.training.checkpoints import AVERAGE, BEST, LATEST, SegcliCheckpoints, atomic_save, load_checkpoint
 
 NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -142,7 +142,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="disk full while writing .*ckpt.pth; the previous file is intact"):
         atomic_save({"value": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
