@@ -7,7 +7,16 @@ import sys
 
 import typer
 
-from segcli.cli import list_experiments, make_demo_dataset, preview_samples, train, validate_dataset
+from segcli.cli import (
+    evaluate,
+    export_checkpoint,
+    list_experiments,
+    make_demo_dataset,
+    predict,
+    preview_samples,
+    train,
+    validate_dataset,
+)
 from segcli.env import apply_offline_switches
 from segcli.errors import SegcliError
 
@@ -23,6 +32,9 @@ app.command("validate-dataset")(validate_dataset.validate_dataset)
 app.command("preview-samples")(preview_samples.preview_samples)
 app.command("list-experiments")(list_experiments.list_experiments)
 app.command("make-demo-dataset")(make_demo_dataset.make_demo_dataset)
+app.command("export-checkpoint")(export_checkpoint.export_checkpoint)
+app.command("predict")(predict.predict)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main() -> None:

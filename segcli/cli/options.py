@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,3 +26,40 @@ IgnoreIndexOpt = Annotated[
     Optional[int], typer.Option("--ignore-index", help="Label value that marks ignored pixels (not a class).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts instead of tables.")]
+
+
+# --- after training: predict, evaluate, export-checkpoint ---------------------------------------
+
+
+class Tta(str, Enum):
+    flip = "flip"
+
+
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A segcli checkpoint (ckpt_best.pth, ckpt_latest.pth, average_model.pth) or a run folder (its "
+        "ckpt_best.pth).",
+        show_default=False,
+    ),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Images per forward pass (tiles per pass with --tile).")
+]
+TileOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--tile",
+        min=1,
+        help="Sliding-window inference with tiles of this size (rounded up to the model's size multiple), "
+        "blended where they overlap. Default: whole images.",
+    ),
+]
+OverlapOpt = Annotated[
+    float, typer.Option("--overlap", min=0.0, max=0.9, help="Fraction of a tile its neighbour shares.")
+]
+TtaOpt = Annotated[
+    Optional[Tta], typer.Option("--tta", help="Test-time augmentation: 'flip' averages with the mirrored image.")
+]
+GpuOpt = Annotated[Optional[int], typer.Option("--gpu", min=0, help="Run on cuda:N. Default: cuda:0 if present.")]
+CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")]

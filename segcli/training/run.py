@@ -177,6 +177,8 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool, resuming: bool) -> None:
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in run_dir.glob(".*.tmp"):  # a write killed half-way (the real file is intact)
+            leftover.unlink()
         if overwrite and not resuming:  # a later --resume must not pick up the replaced run's state
             for old in [*run_dir.glob("*.pth"), run_dir / STATE, run_dir / RECORD]:
                 old.unlink(missing_ok=True)
