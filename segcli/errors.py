@@ -37,7 +37,8 @@ class TrainingDivergedError(SegcliError):
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """A hint listing the options closest to `name`, or all of them when none is close."""
     options = sorted(options)
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    by_lower = {option.lower(): option for option in options}
+    close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=3, cutoff=0.6)]
     if close:
         return "did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
     shown = ", ".join(options[:30]) + (", ..." if len(options) > 30 else "")

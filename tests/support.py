@@ -13,12 +13,14 @@ CAMVID_CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pede
 DEMO_CLASSES = "background,disc,square,triangle"
 
 
-def run_segcli(*args, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real entry point in a subprocess, as a user runs it."""
+def run_segcli(
+    *args, cwd: Path, env: dict[str, str] | None = None, replace_env: bool = False, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess, as a user runs it; `env` adds to (or replaces) the environment."""
     return subprocess.run(
         [sys.executable, "-m", "segcli", *map(str, args)],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env=env if replace_env else {**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,6 +7,9 @@ it can never import or call arbitrary code.
 from __future__ import annotations
 
 import inspect
+import os
+import socket
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -49,8 +52,35 @@ def _check_encoder(cfg: ModelConfig) -> None:
         )
 
 
+HUB = ("huggingface.co", 443)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connection test: without it, huggingface_hub retries for ~25 s before failing offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HF_ENDPOINT")):
+        return True  # a proxy or mirror cannot be probed directly: let the hub client decide
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _use_cache_only() -> None:
+    """Make huggingface_hub read only its cache (fails at once when the weights are not there)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:  # already imported: it read the variable at import time
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def create_model(cfg: ModelConfig) -> nn.Module:
     """The smp model named by `cfg.arch` (case-insensitive); downloads encoder weights if asked."""
+    if cfg.encoder_weights is not None and not _hub_reachable():
+        _use_cache_only()
     architectures = _architectures()
     arch = architectures.get(cfg.arch.lower())
     if arch is None:
