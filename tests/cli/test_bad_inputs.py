@@ -153,6 +153,11 @@ CASES = [
         ["early_stopping.monitor", "'val/iou' is never logged"],
         config=experiment_file("{early_stopping: {monitor: val/iou}}"),
     ),
+    Case(
+        "a name that is code never runs",
+        ["optimizer.name: unknown optimizer"],
+        config=experiment_file("{optimizer: {name: \"__import__('os').system('touch pwned')\"}}"),
+    ),
     Case("classes differ from CLASS_NAMES", ["model.classes is 4", "3 names"], args=["--classes", "a,b,c"]),
     Case("missing CLASS_NAMES", ["no class names", "CLASS_NAMES"], no_classes=True),
     Case("empty CLASS_NAMES", ["CLASS_NAMES is empty"], no_classes=True, env_file="CLASS_NAMES=\n"),
