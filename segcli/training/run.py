@@ -266,21 +266,27 @@ def _make_logger(options: RunOptions, config: dict, record: RunRecord):
     raise AssertionError("unreachable")
 
 
-def train(experiment: Experiment, options: RunOptions) -> TrainResult:
-    """Check everything, train (or continue) the run, and return where its files are and what was measured."""
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked, before any file or W&B run exists."""
+
+    task: Any
+    datasets: dict[str, Any]
+    loaders: dict[str, Any]
+    accelerator: str
+    devices: Any
+    size_multiple: int
+    normalization: dict[str, list[float]]
+
+
+def prepare(exp: Experiment, options: RunOptions) -> Prepared:
+    """Check the experiment, the device and the dataset; build the model, the pipelines and the loaders."""
     apply_offline_switches()
-    started = time.monotonic()
-    exp, name = experiment, options.experiment_name
+    name = options.experiment_name
     _check_classes(exp, options.class_names)
     _check_monitors(exp, options.class_names)
     accelerator, devices = _select_device(exp, options.force_cpu)
     _check_precision(exp.precision, accelerator)
-    run_dir = options.output_dir / "checkpoints" / options.run_name
-    resume_from = _resume_state(options, run_dir, exp)
-    record = RunRecord.read(run_dir) if resume_from else None
-    if record and record.finished and options.resume_from is None:
-        return TrainResult.for_finished_run(options.run_name, run_dir, record)
-
     report = check_dataset_cached(options.dataset, SPLITS, options.class_names, exp.ignore_index)
     if report.errors:
         raise DatasetError(
@@ -290,12 +296,10 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
 
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
 
     from segcli.data.dataset import SegmentationDataset
     from segcli.models.registry import size_multiple
     from segcli.models.task import SegmentationTask
-    from segcli.training.wandb_logging import sync_file_live, wandb_images
 
     _quiet_lightning()
     pl.seed_everything(exp.seed, workers=True, verbose=False)
@@ -311,17 +315,66 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     for split in SPLITS:
         _check_sizes(name, split, pipelines[split], report.splits[split].image_sizes, channels, multiple, model_label)
     mean, std = normalization(exp.train_transforms, channels)
-    _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
 
     workers = exp.num_workers if exp.num_workers is not None else min(4, os.cpu_count() or 1)
-    on_gpu = accelerator == "gpu"
-    if on_gpu:
+    if accelerator == "gpu":
         torch.set_float32_matmul_precision("high")
     datasets = {
         split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels, exp.seed)
         for split in SPLITS
     }
-    loaders = _make_loaders(exp, datasets, workers, on_gpu)
+    return Prepared(
+        task=task,
+        datasets=datasets,
+        loaders=_make_loaders(exp, datasets, workers, on_gpu=accelerator == "gpu"),
+        accelerator=accelerator,
+        devices=devices,
+        size_multiple=multiple,
+        normalization={"mean": mean, "std": std},
+    )
+
+
+def build_trainer(exp: Experiment, prepared: Prepared, logger, callbacks: list, progress: bool, **overrides):
+    """The Lightning Trainer `train` uses (the benchmark times this same one)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    return pl.Trainer(
+        **{
+            "accelerator": prepared.accelerator,
+            "devices": prepared.devices,
+            "precision": exp.precision,
+            "max_epochs": exp.max_epochs,
+            "logger": logger,
+            "callbacks": [*callbacks, *([RichProgressBar()] if progress else [])],
+            "plugins": [AtomicCheckpointIO()],
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "enable_progress_bar": progress,
+            "log_every_n_steps": max(1, min(50, len(prepared.loaders["train"]))),
+            **overrides,
+        }
+    )
+
+
+def train(experiment: Experiment, options: RunOptions) -> TrainResult:
+    """Check everything, train (or continue) the run, and return where its files are and what was measured."""
+    started = time.monotonic()
+    exp, name = experiment, options.experiment_name
+    run_dir = options.output_dir / "checkpoints" / options.run_name
+    resume_from = _resume_state(options, run_dir, exp)
+    record = RunRecord.read(run_dir) if resume_from else None
+    if record and record.finished and options.resume_from is None:
+        return TrainResult.for_finished_run(options.run_name, run_dir, record)
+
+    prepared = prepare(exp, options)
+    task, datasets, loaders = prepared.task, prepared.datasets, prepared.loaders
+    _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+
+    from segcli.training.wandb_logging import sync_file_live, wandb_images
 
     config = {
         **exp.model_dump(mode="json"),
@@ -338,7 +391,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     record.write(run_dir)
     try:
         if resume_from is None:
-            samples = load_samples(choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed), channels)
+            pairs = choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed)
+            samples = load_samples(pairs, exp.model.in_channels)
             run.log({"samples/train": wandb_images(samples, options.class_names, exp.ignore_index)})
         synced: set[Path] = set()
 
@@ -352,7 +406,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             record.write(run_dir)
 
         checkpoints = SegcliCheckpoints(
-            run_dir, options.run_name, {"mean": mean, "std": std}, multiple, sync, run_dir / STATE, saved
+            run_dir, options.run_name, prepared.normalization, prepared.size_multiple, sync, run_dir / STATE, saved
         )
         stop = GracefulStop()
         callbacks: list[pl.Callback] = [checkpoints, stop, LearningRateMonitor(logging_interval="epoch")]
@@ -368,22 +422,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
                 check_on_train_epoch_end=False,
             )
             callbacks.append(early_stopping)
-        if options.progress:
-            callbacks.append(RichProgressBar())
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            precision=exp.precision,
-            max_epochs=exp.max_epochs,
-            logger=logger,
-            callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=options.progress,
-            default_root_dir=str(options.output_dir),
-            log_every_n_steps=max(1, min(50, len(loaders["train"]))),
-        )
+        trainer = build_trainer(exp, prepared, logger, callbacks, options.progress, default_root_dir=options.output_dir)
         with stop:
             trainer.fit(task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         record.finished = not stop.requested
