@@ -8,6 +8,7 @@ import sys
 import typer
 
 from segcli.cli import (
+    benchmark,
     evaluate,
     export_checkpoint,
     list_experiments,
@@ -35,6 +36,7 @@ app.command("make-demo-dataset")(make_demo_dataset.make_demo_dataset)
 app.command("export-checkpoint")(export_checkpoint.export_checkpoint)
 app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
+app.command("benchmark")(benchmark.benchmark)
 
 
 def main() -> None:

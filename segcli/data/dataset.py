@@ -21,25 +21,68 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+class RamCache:
+    """A split decoded once into two flat shared-memory buffers (images, masks) that every worker reads.
+
+    Two buffers rather than one tensor per file: a few shared segments, whatever the dataset size.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], in_channels: int, workers: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            decoded = list(pool.map(lambda p: (read_image(p.image, in_channels), read_mask(p.mask)), pairs))
+        self.image_shapes = [image.shape for image, _ in decoded]
+        self.mask_shapes = [mask.shape for _, mask in decoded]
+        mask_dtype = np.result_type(*(mask.dtype for _, mask in decoded)) if decoded else np.uint8
+        self.images = self._pack([image for image, _ in decoded], np.uint8)
+        self.masks = self._pack([mask for _, mask in decoded], mask_dtype)
+
+    @staticmethod
+    def _pack(arrays: list[np.ndarray], dtype) -> tuple[torch.Tensor, list[int]]:
+        offsets = np.cumsum([0] + [a.size for a in arrays]).tolist()
+        flat = np.empty(offsets[-1], dtype)
+        for array, start in zip(arrays, offsets, strict=False):
+            flat[start : start + array.size] = array.ravel()
+        return torch.from_numpy(flat).share_memory_(), offsets
+
+    @staticmethod
+    def estimate_bytes(image_sizes, in_channels: int) -> int:
+        """From the dataset check's (height, width) counts: uint8 pixels, one-byte labels."""
+        return sum(count * height * width * (in_channels + 1) for (height, width), count in image_sizes.items())
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        (images, image_offsets), (masks, mask_offsets) = self.images, self.masks
+        image = images[image_offsets[index] : image_offsets[index + 1]].numpy().reshape(self.image_shapes[index])
+        mask = masks[mask_offsets[index] : mask_offsets[index + 1]].numpy().reshape(self.mask_shapes[index])
+        return image.copy(), mask.copy()  # transforms may write into their inputs
+
+
 class SegmentationDataset(Dataset):
     """Yields (image float CxHxW, mask int64 HxW); the pipeline must end with ToTensorV2.
 
     Indexed by `(epoch, index)` (from EpochSampler) or a plain index (epoch 0).
     """
 
-    def __init__(self, pairs: Sequence[Pair], transform, in_channels: int = 3, seed: int = 0):
+    def __init__(
+        self, pairs: Sequence[Pair], transform, in_channels: int = 3, seed: int = 0, cache: RamCache | None = None
+    ):
         self.pairs = list(pairs)
         self.transform = transform
         self.in_channels = in_channels
         self.seed = seed
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        pair = self.pairs[index]
-        image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
+        if self.cache is not None:
+            image, mask = self.cache.get(index)
+        else:
+            pair = self.pairs[index]
+            image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
         self.transform.set_random_seed(derived_seed(self.seed, epoch, index))
         out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()

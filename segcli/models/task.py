@@ -30,6 +30,10 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_model(self) -> None:
         self.model = registry.create_model(self.experiment.model)
+        if self.experiment.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.experiment.compile:
+            self.model.compile()  # in place: state_dict keys stay those of the plain model
 
     def configure_losses(self) -> None:
         self.criterion = registry.build_loss(self.experiment.loss, self.experiment.ignore_index)
@@ -44,6 +48,8 @@ class SegmentationTask(pl.LightningModule):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.experiment.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:

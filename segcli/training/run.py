@@ -208,13 +208,35 @@ def _resume_state(options: RunOptions, run_dir: Path, experiment: Experiment) ->
     return state
 
 
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(needed: int) -> None:
+    """`cache: ram` must leave room for the model and the workers: refuse above 70% of what is free."""
+    available = _available_memory()
+    if available is not None and needed > 0.7 * available:
+        raise ConfigError(
+            f"cache: ram needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory are "
+            "available; remove `cache: ram` (files are then decoded on the fly)"
+        )
+    logging.getLogger("segcli").info("cache: ram holds about %.2f GiB", needed / 2**30)
+
+
 def _quiet_lightning() -> None:
     # Lightning's start-up info lines (GPU available, ...) bury the messages users need.
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _make_loaders(exp: Experiment, datasets: dict, workers: int, on_gpu: bool) -> dict:
+def make_loaders(exp: Experiment, datasets: dict, workers: int, on_gpu: bool) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -297,7 +319,7 @@ def prepare(exp: Experiment, options: RunOptions) -> Prepared:
     import pytorch_lightning as pl
     import torch
 
-    from segcli.data.dataset import SegmentationDataset
+    from segcli.data.dataset import RamCache, SegmentationDataset
     from segcli.models.registry import size_multiple
     from segcli.models.task import SegmentationTask
 
@@ -319,14 +341,20 @@ def prepare(exp: Experiment, options: RunOptions) -> Prepared:
     workers = exp.num_workers if exp.num_workers is not None else min(4, os.cpu_count() or 1)
     if accelerator == "gpu":
         torch.set_float32_matmul_precision("high")
+    pairs = {split: list_pairs(options.dataset, split) for split in SPLITS}
+    caches = {split: None for split in SPLITS}
+    if exp.cache == "ram":
+        needed = sum(RamCache.estimate_bytes(report.splits[s].image_sizes, channels) for s in SPLITS)
+        _check_memory(needed)
+        caches = {split: RamCache(pairs[split], channels, workers) for split in SPLITS}
     datasets = {
-        split: SegmentationDataset(list_pairs(options.dataset, split), pipelines[split], channels, exp.seed)
+        split: SegmentationDataset(pairs[split], pipelines[split], channels, exp.seed, caches[split])
         for split in SPLITS
     }
     return Prepared(
         task=task,
         datasets=datasets,
-        loaders=_make_loaders(exp, datasets, workers, on_gpu=accelerator == "gpu"),
+        loaders=make_loaders(exp, datasets, workers, on_gpu=accelerator == "gpu"),
         accelerator=accelerator,
         devices=devices,
         size_multiple=multiple,

@@ -1,0 +1,227 @@
+"""`segcli benchmark`: where training time goes, as ratios measured side by side in one process.
+
+Sections, each on fresh DataLoaders built exactly as `train` builds them:
+1. loader: the real train DataLoader alone (decode, transforms, collate);
+2. model: forward + loss + backward + optimizer step on one batch held on the device;
+3. train: the real Lightning step as `segcli train` runs it (metrics, logging, checkpoint callbacks);
+4. bare: a plain PyTorch for-loop over the same loader with the same model, loss, precision and batch.
+Throughput is counted after warm-up steps, between two device synchronisations.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from segcli.config.schema import Experiment
+from segcli.models.registry import build_optimizer
+from segcli.models.task import SegmentationTask
+from segcli.training.checkpoints import SegcliCheckpoints
+from segcli.training.metrics import ConfusionMatrix
+from segcli.training.run import Prepared, RunOptions, build_trainer, make_loaders, prepare
+
+WARMUP = 3  # first steps pay one-off costs (kernel selection, allocator growth, worker start)
+ROUNDS = 2
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(exp: Experiment, device: torch.device):
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(exp.precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _fresh_task(exp: Experiment, class_names: list[str], device: torch.device) -> SegmentationTask:
+    torch.manual_seed(exp.seed)
+    return SegmentationTask(exp.model_dump(mode="json"), class_names).to(device)
+
+
+def _on_device(batch, device: torch.device, exp: Experiment):
+    images, masks = (t.to(device, non_blocking=True) for t in batch)
+    if exp.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks
+
+
+def _batches(loader):
+    """Batches across as many epochs as needed (small datasets have fewer batches than the steps timed)."""
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _loader_rate(loader, steps: int, batch_size: int) -> float:
+    iterator = _batches(loader)
+    for _ in range(WARMUP):
+        next(iterator)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def _train_step(task: SegmentationTask, optimizer, scaler, images, masks, exp: Experiment, device) -> torch.Tensor:
+    with _autocast(exp, device):
+        logits = task.model(images)
+    loss = task.criterion(logits, masks)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return logits
+
+
+def _model_rate(exp, class_names, prepared: Prepared, device, steps: int) -> tuple[float, float]:
+    """Images/s of the model alone, and the time of one confusion-matrix update (seconds)."""
+    task = _fresh_task(exp, class_names, device)
+    optimizer = build_optimizer(exp.optimizer, task.parameters(), exp.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=exp.precision == "16-mixed")
+    images, masks = _on_device(next(iter(prepared.loaders["train"])), device, exp)
+    for _ in range(WARMUP):
+        logits = _train_step(task, optimizer, scaler, images, masks, exp, device)
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        _train_step(task, optimizer, scaler, images, masks, exp, device)
+    _sync(device)
+    rate = steps * len(images) / (time.perf_counter() - started)
+
+    metric = ConfusionMatrix(exp.model.classes, exp.ignore_index).to(device)
+    predictions = logits.detach().argmax(1)
+    metric.update(predictions, masks)
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        metric.update(predictions, masks)
+    _sync(device)
+    return rate, (time.perf_counter() - started) / steps
+
+
+def _bare_rate(exp, class_names, prepared: Prepared, device, steps: int, workers: int) -> float:
+    task = _fresh_task(exp, class_names, device)
+    optimizer = build_optimizer(exp.optimizer, task.parameters(), exp.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=exp.precision == "16-mixed")
+    loader = make_loaders(exp, prepared.datasets, workers, device.type == "cuda")["train"]
+    started = None
+    for step, batch in enumerate(_batches(loader)):
+        if step == WARMUP:
+            _sync(device)
+            started = time.perf_counter()
+        if step == WARMUP + steps:
+            break
+        images, masks = _on_device(batch, device, exp)
+        _train_step(task, optimizer, scaler, images, masks, exp, device)
+    _sync(device)
+    return steps * exp.batch_size / (time.perf_counter() - started)
+
+
+class _Throughput(pl.Callback):
+    def __init__(self, device: torch.device, steps: int, batch_size: int):
+        self.device, self.steps, self.batch_size = device, steps, batch_size
+        self.started = self.rate = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step  # counts across epochs, unlike batch_idx
+        if step == WARMUP:
+            _sync(self.device)
+            self.started = time.perf_counter()
+        elif step == WARMUP + self.steps:
+            _sync(self.device)
+            self.rate = self.steps * self.batch_size / (time.perf_counter() - self.started)
+
+
+def _train_rate(exp, class_names, prepared: Prepared, device, steps: int, workers: int) -> tuple[float, Any]:
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import CSVLogger
+
+    task = _fresh_task(exp, class_names, torch.device("cpu"))
+    loaders = make_loaders(exp, prepared.datasets, workers, device.type == "cuda")
+    timer = _Throughput(device, steps, exp.batch_size)
+    utilization = None
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoints = SegcliCheckpoints(Path(scratch), "benchmark", prepared.normalization, prepared.size_multiple)
+        callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), timer]
+        trainer = build_trainer(
+            exp,
+            prepared,
+            CSVLogger(scratch),
+            callbacks,
+            progress=False,
+            max_epochs=-1,
+            max_steps=WARMUP + steps,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            default_root_dir=scratch,
+        )
+        trainer.fit(task, loaders["train"])
+        if device.type == "cuda":
+            try:
+                utilization = torch.cuda.utilization(device)
+            except Exception:  # noqa: BLE001 - needs pynvml; optional information
+                utilization = None
+    return timer.rate, utilization
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def run_benchmark(experiment: Experiment, options: RunOptions, steps: int) -> dict[str, Any]:
+    """Measure every section and return one plain document (the CLI prints it)."""
+    prepared = prepare(experiment, options)
+    exp = experiment
+    device = torch.device("cuda", prepared.devices[0]) if prepared.accelerator == "gpu" else torch.device("cpu")
+    workers = prepared.loaders["train"].num_workers
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loader = _loader_rate(prepared.loaders["train"], max(steps, 10), exp.batch_size)
+    model, metric_seconds = _model_rate(exp, options.class_names, prepared, device, steps)
+    # Alternated and repeated: the best of each is the least disturbed by the machine's other work.
+    trains, bares = [], []
+    for _ in range(ROUNDS):
+        bares.append(_bare_rate(exp, options.class_names, prepared, device, steps, workers))
+        rate, utilization = _train_rate(exp, options.class_names, prepared, device, steps, workers)
+        trains.append(rate)
+    train, bare = max(trains), max(bares)
+    step_seconds = exp.batch_size / train
+    return {
+        "machine": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "cpus": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "experiment": options.experiment_name,
+        "arch": f"{exp.model.arch}/{exp.model.encoder_name}",
+        "batch_size": exp.batch_size,
+        "steps": steps,
+        "num_workers": workers,
+        "precision": exp.precision,
+        "channels_last": exp.channels_last,
+        "compile": exp.compile,
+        "cache": exp.cache,
+        "images_per_s": {"loader": loader, "model": model, "train": train, "bare_loop": bare},
+        "all_rounds": {"train": trains, "bare_loop": bares},
+        "ratios": {
+            "train_vs_model": _ratio(train, model),
+            "train_vs_slower_of_loader_and_model": _ratio(train, min(loader, model)),
+            "train_vs_bare_loop": _ratio(train, bare),
+            "loader_vs_model": _ratio(loader, model),
+        },
+        "metric_update_ms": metric_seconds * 1000,
+        "metric_update_share_of_step": _ratio(metric_seconds, step_seconds),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "gpu_utilization_percent": utilization,
+    }

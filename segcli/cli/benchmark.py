@@ -1,0 +1,74 @@
+"""`segcli benchmark`: loader, model, real training step and a bare loop, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from segcli.cli.options import ClassesOpt, DatasetOpt, IgnoreIndexOpt, JsonOpt
+from segcli.cli.output import stdout_console
+
+DEFAULT_MODEL = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
+
+
+def benchmark(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment file.")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Experiment name.")] = None,
+    dataset: DatasetOpt = None,
+    classes: ClassesOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per section (after 3 warm-up steps).")] = 10,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Benchmark on the CPU even when a GPU is present.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Where training time goes: images/s of the loader, the model, `segcli train`'s step and a bare loop.
+
+    Without --config it measures Unet/resnet18 from scratch with the default settings.
+    """
+    from segcli import env
+    from segcli.config.loader import load_experiment_file, resolve_experiment
+    from segcli.config.schema import Experiment
+    from segcli.errors import ConfigError
+
+    env.load_env_file()
+    root = env.dataset_path(dataset)
+    class_names = env.class_names(classes)
+    if (config is None) != (experiment is None):
+        raise ConfigError("--config and --experiment go together: name the experiment file and the experiment")
+    if config is not None:
+        resolved = resolve_experiment(load_experiment_file(config), experiment, config)
+        name = f"{config.stem}-{experiment}"
+    else:
+        model = {**DEFAULT_MODEL, "classes": len(class_names)}
+        resolved = Experiment.model_validate({"model": model, "ignore_index": ignore_index})
+        name = "default"
+
+    from segcli.benchmark import run_benchmark
+    from segcli.training.run import RunOptions
+
+    options = RunOptions(root, class_names, name, name, force_cpu=cpu, progress=False)
+    result = run_benchmark(resolved, options, steps)
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"benchmark: {result['arch']}, batch {result['batch_size']}, {result['machine']['device']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for section, rate in result["images_per_s"].items():
+        table.add_row(f"{section} images/s", f"{rate:.2f}")
+    for ratio, value in result["ratios"].items():
+        table.add_row(ratio.replace("_", " "), f"{value:.3f}")
+    table.add_row(
+        "metric update",
+        f"{result['metric_update_ms']:.3f} ms ({100 * result['metric_update_share_of_step']:.2f}% of a step)",
+    )
+    table.add_row("peak RSS", f"{result['peak_rss_mb']:.0f} MB")
+    if result["gpu_peak_allocated_mb"] is not None:
+        table.add_row("GPU peak allocated", f"{result['gpu_peak_allocated_mb']:.0f} MB")
+        table.add_row("GPU utilisation", f"{result['gpu_utilization_percent']}%")
+    table.add_row("precision / channels_last", f"{result['precision']} / {result['channels_last']}")
+    stdout_console().print(table)
