@@ -71,6 +71,8 @@ def train(
             resume_from=resume_from,
         ),
     )
+    if not result.primary:
+        return
     if result.finished_before:
         stdout_console().print(
             f"run {result.run_name} already finished ({result.epochs_run} epochs); nothing to resume. "

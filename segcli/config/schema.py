@@ -110,7 +110,14 @@ class Experiment(StrictModel):
     lr: float = Field(1e-3, gt=0)
     max_epochs: int = Field(10, gt=0)
     gpu: int | None = Field(None, ge=0)
-    """CUDA device index; null picks GPU 0 when there is one, else the CPU."""
+    """CUDA device index; null picks GPU 0 when there is one, else the CPU. Shorthand for one device."""
+    devices: int | list[int] | None = None
+    """Several devices: a count (GPUs, or CPU processes without a GPU) or a list of GPU indices."""
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    sync_batchnorm: bool = False
+    """Compute BatchNorm statistics over all processes (useful with small per-device batches)."""
     seed: int = Field(42, ge=0)
     num_workers: int | None = Field(None, ge=0)
     """DataLoader workers; null means min(4, CPU count)."""
@@ -136,8 +143,17 @@ class Experiment(StrictModel):
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
 
+    @field_validator("devices")
+    @classmethod
+    def _devices_positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1 or isinstance(value, list) and (not value or min(value) < 0):
+            raise ValueError("devices is a count of at least 1 or a non-empty list of GPU indices")
+        return value
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Experiment:
+        if self.gpu is not None and self.devices is not None:
+            raise ValueError("set either `gpu` (one device) or `devices` (several), not both")
         weights = self.loss.class_weights
         if weights is not None and len(weights) != self.model.classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values but model.classes is {self.model.classes}")

@@ -88,10 +88,21 @@ class SegmentationDataset(Dataset):
         return out["image"], out["mask"].long()
 
 
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(Sampler):
     """Yields (epoch, index); shuffled with a generator seeded by (seed, epoch).
 
-    Lightning calls `set_epoch` before every training epoch, also after a resume.
+    Lightning calls `set_epoch` before every training epoch, also after a resume. Under several
+    processes each takes every world-th item of the same order: the training split is padded so
+    every process runs the same number of steps; the validation split is not, so every sample is
+    scored exactly once and the summed confusion matrix equals the single-process one.
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool = True):
@@ -103,16 +114,24 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _share(self) -> tuple[int, int, int]:
+        rank, world = _rank_and_world()
+        if self.shuffle:  # training: equal shares
+            return rank, world, -(-self.size // world)
+        return rank, world, len(range(rank, self.size, world))
+
     def __len__(self) -> int:
-        return self.size
+        return self._share()[2]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world, count = self._share()
         if self.shuffle:
             generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=generator).tolist()
+            order += order[: count * world - self.size]  # pad, as DistributedSampler does
         else:
-            order = range(self.size)
-        return ((self.epoch, index) for index in order)
+            order = list(range(self.size))
+        return ((self.epoch, index) for index in order[rank::world])
 
 
 def ignore_interrupts_in_worker(worker_id: int) -> None:

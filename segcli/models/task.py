@@ -82,8 +82,9 @@ class SegmentationTask(pl.LightningModule):
         confusion.reset()
         metrics = epoch_metrics(matrix, stage, self.class_names)
         headline = {key: metrics.pop(key) for key in (f"{stage}/mIoU", f"{stage}/mDCC")}
-        self.log_dict(headline, prog_bar=True)
-        self.log_dict(metrics)
+        # Already summed over processes; sync_dist only averages identical values (and silences Lightning).
+        self.log_dict(headline, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_scores("train")

@@ -68,6 +68,8 @@ class TrainResult:
     interrupted: bool = False
     resumed_from: Path | None = None
     finished_before: bool = False
+    primary: bool = True
+    """False in the extra processes of a multi-process run: they report nothing."""
 
     @classmethod
     def for_finished_run(cls, run_name: str, run_dir: Path, record: RunRecord) -> TrainResult:
@@ -115,20 +117,33 @@ def _check_monitors(experiment: Experiment, class_names: list[str]) -> None:
             raise ConfigError(f"{where}: '{key}' is never logged; {did_you_mean(key, valid)}")
 
 
+def _missing_gpu(key: str, wanted: int, count: int) -> ConfigError:
+    have = f"only {count} CUDA GPU{'s' if count != 1 else ''}" if count else "no CUDA GPU"
+    return ConfigError(
+        f"{key}: {wanted} was requested but this machine has {have}; train on the CPU with `--cpu` "
+        "or `gpu: null` (GPU 0 when there is one, else the CPU)"
+    )
+
+
 def _select_device(experiment: Experiment, force_cpu: bool) -> tuple[str, Any]:
+    """(accelerator, devices) for Lightning. `devices: N` without a GPU means N CPU processes."""
     import torch
 
+    count = 0 if force_cpu else torch.cuda.device_count()
+    devices = experiment.devices
+    if devices is not None:
+        if not count:
+            return "cpu", devices if isinstance(devices, int) else len(devices)
+        wanted = max(devices) + 1 if isinstance(devices, list) else devices
+        if wanted > count:
+            raise _missing_gpu("devices", devices, count)
+        return "gpu", devices
     if force_cpu:
         return "cpu", 1
-    count = torch.cuda.device_count()
     if experiment.gpu is None:
         return ("gpu", [0]) if count else ("cpu", 1)
     if experiment.gpu >= count:
-        have = f"only {count} CUDA GPU{'s' if count != 1 else ''}" if count else "no CUDA GPU"
-        raise ConfigError(
-            f"gpu: {experiment.gpu} was requested but this machine has {have}; "
-            "train on the CPU with `--cpu` or `gpu: null` (GPU 0 when there is one, else the CPU)"
-        )
+        raise _missing_gpu("gpu", experiment.gpu, count)
     return "gpu", [experiment.gpu]
 
 
@@ -228,6 +243,13 @@ def _check_memory(needed: int) -> None:
             "available; remove `cache: ram` (files are then decoded on the fly)"
         )
     logging.getLogger("segcli").info("cache: ram holds about %.2f GiB", needed / 2**30)
+
+
+def _is_rank_zero() -> bool:
+    """Rank from the launcher's environment (torchrun, SLURM, Lightning's own DDP launcher)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _quiet_lightning() -> None:
@@ -380,6 +402,11 @@ def build_trainer(exp: Experiment, prepared: Prepared, logger, callbacks: list, 
             "enable_model_summary": False,
             "enable_progress_bar": progress,
             "log_every_n_steps": max(1, min(50, len(prepared.loaders["train"]))),
+            "strategy": exp.strategy,
+            "num_nodes": exp.num_nodes,
+            "accumulate_grad_batches": exp.accumulate_grad_batches,
+            "sync_batchnorm": exp.sync_batchnorm,
+            "use_distributed_sampler": False,  # EpochSampler shards itself, keeping its per-epoch seeds
             **overrides,
         }
     )
@@ -397,7 +424,10 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
 
     prepared = prepare(exp, options)
     task, datasets, loaders = prepared.task, prepared.datasets, prepared.loaders
-    _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
+    # Under several processes only rank 0 touches the run folder, the record and W&B.
+    lead = _is_rank_zero()
+    if lead:
+        _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
@@ -415,10 +445,12 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     record = record or RunRecord(options.run_name)
     logger, mode = _make_logger(options, config, record)
     run = logger.experiment
-    record.wandb_id, record.finished = run.id, False
-    record.write(run_dir)
+    if lead:
+        record.wandb_id, record.finished = run.id, False
+        record.write(run_dir)
+    wandb_dir = None
     try:
-        if resume_from is None:
+        if resume_from is None and lead:
             pairs = choose_pairs(datasets["train"].pairs, SAMPLES_LOGGED, exp.seed)
             samples = load_samples(pairs, exp.model.in_channels)
             run.log({"samples/train": wandb_images(samples, options.class_names, exp.ignore_index)})
@@ -453,9 +485,10 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         trainer = build_trainer(exp, prepared, logger, callbacks, options.progress, default_root_dir=options.output_dir)
         with stop:
             trainer.fit(task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
-        record.finished = not stop.requested
-        record.write(run_dir)
-        wandb_dir = run.dir
+        if lead:
+            record.finished = not stop.requested
+            record.write(run_dir)
+            wandb_dir = run.dir
     finally:
         run.finish()
 
@@ -475,4 +508,5 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         parameters=sum(p.numel() for p in task.model.parameters()),
         wandb_mode=mode,
         wandb_dir=str(Path(wandb_dir).parent) if wandb_dir else None,
+        primary=lead,
     )
