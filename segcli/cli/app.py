@@ -15,6 +15,7 @@ from segcli.cli import (
     make_demo_dataset,
     predict,
     preview_samples,
+    schema,
     train,
     validate_dataset,
 )
@@ -37,6 +38,7 @@ app.command("export-checkpoint")(export_checkpoint.export_checkpoint)
 app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
 app.command("benchmark")(benchmark.benchmark)
+app.command("schema")(schema.schema)
 
 
 def main() -> None:

@@ -11,7 +11,32 @@ import typer
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="Experiment file (YAML), e.g. experiments/unetpp.yaml.")
 ]
-ExperimentOpt = Annotated[str, typer.Option("--experiment", "-e", help="Experiment name inside the config file.")]
+
+
+def complete_experiments(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion: the experiment names of the --config file given before."""
+    config = ctx.params.get("config")
+    if not config:
+        return []
+    from segcli.config.loader import load_experiment_file
+    from segcli.errors import SegcliError
+
+    try:
+        names = list(load_experiment_file(Path(config)).experiments)
+    except SegcliError:
+        return []
+    return [name for name in [*names, "all"] if name.startswith(incomplete)]
+
+
+ExperimentsOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--experiment",
+        "-e",
+        help="Experiment name (repeatable; `all` runs every experiment of the file).",
+        autocompletion=complete_experiments,
+    ),
+]
 DatasetOpt = Annotated[
     Optional[Path],
     typer.Option(

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from segcli.cli.options import ClassesOpt, ConfigOpt, DatasetOpt, ExperimentOpt
+from segcli.cli.options import ClassesOpt, ConfigOpt, DatasetOpt, ExperimentsOpt
 from segcli.cli.output import stdout_console
 
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
@@ -17,9 +17,15 @@ EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
 
 def train(
     config: ConfigOpt,
-    experiment: ExperimentOpt,
+    experiment: ExperimentsOpt,
     dataset: DatasetOpt = None,
     classes: ClassesOpt = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set", help="Override any resolved key, type-checked: --set lr=3e-4 --set model.encoder_name=resnet50."
+        ),
+    ] = None,
     gpu: Annotated[
         Optional[int], typer.Option(min=0, help="Train on cuda:N (overrides the experiment's `gpu`).")
     ] = None,
@@ -40,37 +46,66 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the checkpoints of an earlier run of the same name.")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved experiment and the model summary; do not train.")
+    ] = False,
 ) -> None:
-    """Train one experiment: dataset check, Lightning training, W&B logging, checkpoints."""
+    """Train experiments: dataset check, Lightning training, W&B logging, checkpoints.
+
+    Repeat --experiment, or pass `--experiment all`, to run several one after another and compare them.
+    """
     from segcli import env
-    from segcli.config.loader import load_experiment_file, resolve_experiment
+    from segcli.config.loader import (
+        expand_experiments,
+        load_experiment_file,
+        override_suffix,
+        parse_overrides,
+        resolve_experiment,
+    )
 
     env.load_env_file()
-    overrides = {key: value for key, value in (("max_epochs", max_epochs), ("gpu", gpu)) if value is not None}
-    resolved = resolve_experiment(load_experiment_file(config), experiment, config, overrides)
+    file = load_experiment_file(config)
+    names = expand_experiments(file, experiment, config)
+    overrides = parse_overrides(set_ or [])
+    options_overrides = {key: value for key, value in (("max_epochs", max_epochs), ("gpu", gpu)) if value is not None}
+    resolved = {name: resolve_experiment(file, name, config, {**overrides, **options_overrides}) for name in names}
+    run_names = {name: f"{config.stem}-{name}{override_suffix(overrides)}" for name in names}
+    if dry_run:
+        _print_dry_run(resolved, run_names)
+        return
     dataset_root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
 
     from segcli.training.run import RunOptions
     from segcli.training.run import train as run_training
 
-    result = run_training(
-        resolved,
-        RunOptions(
-            dataset=dataset_root,
-            class_names=class_names,
-            run_name=f"{config.stem}-{experiment}",
-            experiment_name=experiment,
-            config_file=config,
-            output_dir=output_dir,
-            offline=offline,
-            overwrite=overwrite,
-            force_cpu=cpu,
-            progress=sys.stderr.isatty(),
-            resume=resume,
-            resume_from=resume_from,
-        ),
-    )
+    def run_one(name: str):
+        return run_training(
+            resolved[name],
+            RunOptions(
+                dataset=dataset_root,
+                class_names=class_names,
+                run_name=run_names[name],
+                experiment_name=name,
+                config_file=config,
+                output_dir=output_dir,
+                offline=offline,
+                overwrite=overwrite,
+                force_cpu=cpu,
+                progress=sys.stderr.isatty(),
+                resume=resume,
+                resume_from=resume_from,
+                overrides=overrides,
+            ),
+        )
+
+    if len(names) == 1:
+        _report(run_one(names[0]), class_names)
+        return
+    _sweep(names, run_one, class_names)
+
+
+def _report(result, class_names: list[str]) -> None:
     if not result.primary:
         return
     if result.finished_before:
@@ -84,6 +119,64 @@ def train(
     if result.interrupted:
         typer.echo(f"stopped at your request after epoch {result.epochs_run}; continue with --resume", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
+    """Run each experiment; a failure is reported and the others still run. Exit 1 if any failed."""
+    import traceback
+
+    from segcli.errors import SegcliError
+
+    rows = []
+    for name in names:
+        typer.echo(f"== experiment {name} ({len(rows) + 1}/{len(names)})", err=True)
+        try:
+            result = run_one(name)
+        except SegcliError as exc:
+            typer.echo(f"error: experiment {name}: {exc}", err=True)
+            rows.append((name, None, f"failed: {str(exc).splitlines()[0]}"))
+            continue
+        except Exception:  # a bug in one run must not cost the others; its traceback is printed
+            traceback.print_exc()
+            rows.append((name, None, "failed: unexpected error (traceback above)"))
+            continue
+        if not result.primary:
+            return
+        _report(result, class_names)
+        rows.append((name, result, "ok"))
+    table = Table(title="sweep: best validation scores")
+    for column in ("experiment", "run", "best val/mIoU", "best val/mDCC", "best epoch", "time", "status"):
+        table.add_column(column)
+    for name, result, status in rows:
+        if result is None:
+            table.add_row(name, "-", "-", "-", "-", "-", status)
+            continue
+        best = result.best_metrics
+        epoch = "-" if result.best_epoch is None else str(result.best_epoch + 1)
+        cells = (_fmt(best.get("val/mIoU")), _fmt(best.get("val/mDCC")), epoch, f"{result.seconds:.0f} s")
+        table.add_row(name, result.run_name, *cells, status)
+    stdout_console().print(table)
+    if any(status != "ok" for _, _, status in rows):
+        raise typer.Exit(1)
+
+
+def _print_dry_run(resolved: dict, run_names: dict[str, str]) -> None:
+    import yaml
+
+    from segcli.models.registry import create_model, size_multiple
+
+    console = stdout_console()
+    for name, experiment in resolved.items():
+        console.print(f"# run {run_names[name]}", highlight=False)
+        console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False), highlight=False)
+        # No download for a summary: the architecture alone gives the parameter count and size multiple.
+        model = create_model(experiment.model.model_copy(update={"encoder_weights": None}))
+        parameters = sum(p.numel() for p in model.parameters())
+        console.print(
+            f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {parameters:,} parameters, "
+            f"input height and width must be multiples of {size_multiple(model)}",
+            highlight=False,
+        )
 
 
 def _fmt(value: float | None) -> str:

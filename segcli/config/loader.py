@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,38 @@ def resolve_experiment(
     except ValidationError as exc:
         origin = _origin_locator(file, name, overrides or {})
         raise ConfigError(_format_errors(path, exc, Experiment, origin)) from None
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`--set key.path=value` items -> {'key.path': value}; values are read as YAML (3e-4, true, [1, 2], null)."""
+    overrides: dict[str, Any] = {}
+    for item in assignments:
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: write it as key.path=value, e.g. --set lr=3e-4")
+        try:
+            overrides[key] = yaml.load(text, Loader=_SafeLoader) if text.strip() else None  # noqa: S506
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return overrides
+
+
+def override_suffix(overrides: dict[str, Any]) -> str:
+    """A short stable tag for a run name, so runs with different --set values do not collide."""
+    if not overrides:
+        return ""
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
+    return f"-set{digest[:6]}"
+
+
+def expand_experiments(file: ExperimentFile, names: list[str], path: Path) -> list[str]:
+    """`all` means every experiment of the file, in file order; otherwise the names as given (checked)."""
+    if "all" in names:
+        return list(file.experiments)
+    for name in names:
+        merged_experiment(file, name, path)  # raises with close matches for an unknown name
+    return list(dict.fromkeys(names))
 
 
 def load_experiment(path: Path, name: str) -> Experiment:

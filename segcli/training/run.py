@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class RunOptions:
     """Continue this run from <run dir>/state_latest.ckpt."""
     resume_from: Path | None = None
     """Continue from this state file instead."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """`--set` values, logged with the run."""
 
 
 @dataclass
@@ -441,6 +443,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         "experiment_name": name,
         "config_file": str(options.config_file) if options.config_file else None,
         "run_name": options.run_name,
+        "overrides": options.overrides,
     }
     record = record or RunRecord(options.run_name)
     logger, mode = _make_logger(options, config, record)
