@@ -77,10 +77,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def experiment_names(file: ExperimentFile) -> list[str]:
-    return list(file.experiments)
-
-
 def merged_experiment(file: ExperimentFile, name: str, path: Path) -> dict[str, Any]:
     """The experiment as plain data before validation: model, then defaults, then its own keys."""
     if name not in file.experiments:

@@ -52,7 +52,17 @@ def test_missing_path_is_a_user_error(in_tmp_cwd):
     assert_user_error(run_segcli("list-experiments", "nowhere", cwd=in_tmp_cwd), "nowhere: no such file or folder")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list-experiments"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["list-experiments"],
+        ["train", "--help"],
+        ["validate-dataset", "--help"],
+        ["schema"],
+        ["benchmark", "--help"],
+    ],
+)
 def test_light_commands_do_not_import_torch(argv, experiments_dir, in_tmp_cwd):
     probe = (
         "import sys\n"
