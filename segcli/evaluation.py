@@ -72,7 +72,8 @@ def evaluate_split(
             f"split '{split}' of {root} failed the dataset check against the checkpoint's "
             f"{info.classes} classes (ignore_index {info.ignore_index}):\n{format_problems(report.errors)}"
         )
-    pairs = list_pairs(root, split)
+    # In the order `predict <root>/<split>/images` reads them, so both batch the same images together.
+    pairs = sorted(list_pairs(root, split), key=lambda pair: pair.image)
     if not pairs:
         raise DatasetError(f"split '{split}' of {root} has no image/mask pairs")
     if on_total:
@@ -135,10 +136,13 @@ def render_confusion_matrix(matrix, class_names: Sequence[str], title: str = "")
     label_width = int(max(font.getlength(name) for name in class_names)) + 12
     header = 28
     left, top = label_width + 22, header + label_width + 22
-    width, height = left + size * cell + 12, top + size * cell + 30
+    title = title or "confusion matrix, rows normalised"
+    note = "rows: target class (pixels sum to 1), columns: predicted class; ignored pixels left out"
+    width = int(max(left + size * cell + 12, left + small.getlength(note) + 12, font.getlength(title) + 16))
+    height = top + size * cell + 30
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((8, 6), title or "confusion matrix, rows normalised", fill="black", font=font)
+    draw.text((8, 6), title, fill="black", font=font)
 
     # Column names, written horizontally on a strip that is then rotated to run upwards.
     strip = Image.new("RGB", (label_width, size * cell), "white")
@@ -164,6 +168,5 @@ def render_confusion_matrix(matrix, class_names: Sequence[str], title: str = "")
                 text = f"{value:.2f}"
                 ink = "white" if value > 0.55 else "black"
                 draw.text((box[0] + (cell - small.getlength(text)) / 2, box[1] + cell / 2 - 6), text, ink, small)
-    note = "rows: target class (pixels sum to 1), columns: predicted class; ignored pixels left out"
     draw.text((left, top + size * cell + 8), note, fill="black", font=small)
     return canvas

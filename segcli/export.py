@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,21 @@ def default_output(checkpoint: Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + SUFFIXES[fmt])
 
 
+def _output_path(output: Path | None, checkpoint: Path, fmt: str) -> Path:
+    """An existing folder receives the default file name; an existing folder is only replaced by an smp export
+    when it is an earlier smp export (or empty)."""
+    if output is None:
+        output = default_output(checkpoint, fmt)
+    elif output.is_dir() and fmt != "smp":
+        output = output / default_output(checkpoint, fmt).name
+    if fmt == "smp" and output.exists():
+        if not output.is_dir() or not ((output / SMP_SIDECAR).is_file() or not any(output.iterdir())):
+            raise ConfigError(f"--output {output} exists and is not an earlier smp export; pass a new folder")
+    elif output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; pass a file name")
+    return output
+
+
 def check_sizes(height: int, width: int, multiple: int) -> list[tuple[int, int]]:
     """The export size, then a different one (still a multiple) so fixed shapes cannot pass."""
     return [(height, width), (height + 2 * multiple, width + multiple)]
@@ -115,7 +132,7 @@ def export(
             )
     if fmt == "onnx":
         _check_opset(opset)
-    output = output or default_output(checkpoint, fmt)
+    output = _output_path(output, checkpoint, fmt)
     output.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(1, info.in_channels, height, width, generator=torch.Generator().manual_seed(0))
 
@@ -180,6 +197,18 @@ def _check_opset(opset: int) -> None:
         raise ConfigError(f"--opset {opset}: this torch exports opsets {low} to {high} (default {DEFAULT_OPSET})")
 
 
+@contextmanager
+def _optional_dependency(extra: str) -> Iterator[None]:
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name in ("onnx", "onnxscript", "onnxruntime"):
+            raise ConfigError(
+                f"this needs the `{exc.name}` package, an optional extra: pip install 'segcli[{extra}]'"
+            ) from None
+        raise
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -198,18 +227,25 @@ def _move_into_place(staged: Path, output: Path) -> None:
 def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset: int) -> dict[str, Any]:
     """The TorchScript-based exporter (dynamo=False): it needs no onnxscript and keeps H and W dynamic."""
     axes = {0: "batch", 2: "height", 3: "width"}
-    with quiet_torch_deprecations():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-            do_constant_folding=True,
-        )
+    with quiet_torch_deprecations(), _optional_dependency("export"):
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                do_constant_folding=True,
+            )
+        except torch.onnx.errors.OnnxExporterError as exc:  # the exporter refuses an operator at this opset
+            raise ConfigError(
+                f"ONNX opset {opset} cannot express {info.arch} with {info.encoder_name}: "
+                f"{str(exc).splitlines()[0][:300]}; try a newer --opset (default {DEFAULT_OPSET}) or "
+                "--format torchscript"
+            ) from None
     try:
         import onnx
     except ImportError:

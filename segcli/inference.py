@@ -17,12 +17,13 @@ Scores are softmax probabilities; the predicted mask is their argmax.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,15 +232,12 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
     from segcli.training.checkpoints import load_checkpoint
 
     path = resolve_model_path(path)
-    try:
-        payload = load_checkpoint(path)
-    except CheckpointError:
-        if _is_torchscript(path) or path.suffix == ".onnx":
-            raise CheckpointError(
-                f"{path}: looks like an export but its sidecar {sidecar_path(path).name} is missing; "
-                "keep the .json written next to it by `segcli export-checkpoint`"
-            ) from None
-        raise
+    if path.suffix == ".onnx" or _is_torchscript(path):  # torch.load would hand a TorchScript file to jit.load
+        raise CheckpointError(
+            f"{path}: looks like an export but its sidecar {sidecar_path(path).name} is missing; "
+            "keep the .json written next to it by `segcli export-checkpoint`"
+        )
+    payload = load_checkpoint(path)
     info = ModelInfo.from_checkpoint(payload, path)
     return build_model(info, payload.get("state_dict"), path), info
 
@@ -333,7 +331,8 @@ def _open_smp(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forwar
     import segmentation_models_pytorch as smp
 
     try:
-        model = smp.from_pretrained(str(path))
+        with redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local directory"
+            model = smp.from_pretrained(str(path))
     except (OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable smp `save_pretrained` folder ({exc})") from None
     return _module_forward(model.eval().to(device)), device
@@ -434,11 +433,11 @@ def with_flip(predict: Forward) -> Forward:
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Window starts covering 0..length, the last window flush with the end."""
+    """Evenly spaced window starts from 0 to length - tile, at most `stride` apart."""
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(index * (length - tile) / (count - 1)) for index in range(count)]
 
 
 def gaussian_window(height: int, width: int, device: torch.device) -> torch.Tensor:

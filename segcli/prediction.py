@@ -6,6 +6,7 @@ Unreadable inputs are skipped and reported; every readable one is written. The c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def predict_files(
 ) -> PredictReport:
     """Write <output>/<stem>.png (and <output>/overlays/<stem>.png); `on_done(path, error)` per input."""
     on_done = on_done or (lambda path, error: None)
+    _check_output(files, output, overlay)
     report = PredictReport()
     output.mkdir(parents=True, exist_ok=True)
     if overlay:
@@ -82,17 +84,46 @@ def predict_files(
                 report.skipped.append((path, reason))
                 on_done(path, reason)
 
-    for batch in same_size_batches(readable(), options.batch_size):
-        masks = predictor.predict([image for _, image in batch], options)
-        for (path, image), mask in zip(batch, masks, strict=True):
-            report.masks.append(write_mask(mask, output / f"{path.stem}.png"))
-            if overlay:
-                picture = overlay_with_legend(image, mask, predictor.info.class_names)
-                target = output / OVERLAYS / f"{path.stem}.png"
-                picture.save(target)
-                report.overlays.append(target)
-            on_done(path, None)
+    with quiet_opencv():
+        for batch in same_size_batches(readable(), options.batch_size):
+            masks = predictor.predict([image for _, image in batch], options)
+            for (path, image), mask in zip(batch, masks, strict=True):
+                report.masks.append(write_mask(mask, output / f"{path.stem}.png"))
+                if overlay:
+                    picture = overlay_with_legend(image, mask, predictor.info.class_names)
+                    target = output / OVERLAYS / f"{path.stem}.png"
+                    picture.save(target)
+                    report.overlays.append(target)
+                on_done(path, None)
     return report
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV logs its own decoder errors to stderr; the skip message says it once, with the file name."""
+    from cv2.utils import logging
+
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
+def _check_output(files: Sequence[Path], output: Path, overlay: bool) -> None:
+    """Refuse an --output that is a file, or one where a mask or overlay would replace an input image."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; pass a folder for the masks")
+    targets = {(output / f"{path.stem}.png").resolve() for path in files}
+    if overlay:
+        targets |= {(output / OVERLAYS / f"{path.stem}.png").resolve() for path in files}
+    clobbered = [path for path in files if path.resolve() in targets]
+    if clobbered:
+        raise ConfigError(
+            f"--output {output}: the masks would overwrite input images such as {clobbered[0]}; "
+            "write them to another folder"
+        )
 
 
 def write_mask(mask: np.ndarray, path: Path) -> Path:
@@ -116,17 +147,18 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, class_names: Sequen
     labels = [f"{index} {class_names[index]}" for index in present]
     swatch, margin, line = 14, 6, 20
     widths = [swatch + 4 + int(font.getlength(label)) + 2 * margin for label in labels]
+    canvas_width = max([picture.width, *(width + margin for width in widths)])
     lines, x = 1, margin
     for width in widths:  # wrap entries to the picture's width
-        if x + width > picture.width and x > margin:
+        if x + width > canvas_width and x > margin:
             lines, x = lines + 1, margin
         x += width
-    canvas = Image.new("RGB", (picture.width, picture.height + lines * line + margin), "white")
+    canvas = Image.new("RGB", (canvas_width, picture.height + lines * line + margin), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     x, y = margin, picture.height + margin // 2
     for index, label, width in zip(present, labels, widths, strict=True):
-        if x + width > picture.width and x > margin:
+        if x + width > canvas_width and x > margin:
             x, y = margin, y + line
         colour = tuple(int(c) for c in colours[index])
         draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour, outline="black")

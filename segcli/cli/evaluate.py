@@ -17,7 +17,6 @@ from segcli.cli.options import (
     DatasetOpt,
     GpuOpt,
     JsonOpt,
-    ModelArg,
     OverlapOpt,
     TileOpt,
     Tta,
@@ -27,7 +26,14 @@ from segcli.cli.output import stdout_console
 
 
 def evaluate(
-    checkpoint: ModelArg,
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (ckpt_best.pth, ...), a run folder (its ckpt_best.pth) or an export of "
+            "`export-checkpoint` with its sidecar.",
+            show_default=False,
+        ),
+    ],
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     json_output: JsonOpt = False,
@@ -53,7 +59,7 @@ def evaluate(
     root = env.dataset_path(dataset)
     predictor = open_model(checkpoint, select_device(gpu, cpu))
     options = InferenceOptions(batch_size=batch_size, tile=tile, overlap=overlap, flip_tta=tta is Tta.flip)
-    errors = Console(stderr=True, highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     with Progress(console=errors, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"evaluating {split}", total=None)
         result = evaluate_split(
@@ -84,9 +90,9 @@ def _fmt(value: float | None) -> str:
 def _print_table(result, predictor, root: Path) -> None:
     s = result.split
     pixels = result.matrix.sum(1).tolist()
-    table = Table(
-        title=f"{predictor.path} on {root}/{s}: {result.images} images (NaN: class absent from targets and predictions)"
-    )
+    console = stdout_console()
+    console.print(f"{predictor.path} on {root / s}: {result.images} images", highlight=False, soft_wrap=True)
+    table = Table(caption="NaN: class absent from both targets and predictions (left out of the means)")
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("Dice", justify="right")
@@ -96,7 +102,6 @@ def _print_table(result, predictor, root: Path) -> None:
                       f"{pixels[index]:,}")  # fmt: skip
     table.add_section()
     table.add_row("mean", _fmt(result.metrics[f"{s}/mIoU"]), _fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
-    console = stdout_console()
     console.print(table)
     ignored = "" if result.ignore_index is None else f"; label {result.ignore_index} ignored"
     console.print(

@@ -48,7 +48,7 @@ def predict(
     files = collect_inputs(inputs)
     predictor = open_model(model, select_device(gpu, cpu))
     options = InferenceOptions(batch_size=batch_size, tile=tile, overlap=overlap, flip_tta=tta is Tta.flip)
-    errors = Console(stderr=True, highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     with Progress(console=errors, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("predicting", total=len(files))
 

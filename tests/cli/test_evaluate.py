@@ -1,0 +1,204 @@
+"""`segcli evaluate`: training's metrics over a split, equal to a hand-computed matrix and to scoring `predict`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segcli.data.synthetic import make_dataset
+from segcli.export import export
+from tests.inference_support import TINY_CLASSES, make_checkpoint, read_png, run_main, write_png
+from tests.support import CAMVID_CLASSES, REPO, SHARED_DATASETS, assert_user_error, run_segcli
+
+
+def independent_scores(labels: Path, masks: Path, classes: int, ignore_index: int | None) -> dict:
+    """numpy only: one confusion matrix over every label/predicted-mask pair, then IoU and Dice per class."""
+    matrix = np.zeros((classes, classes), np.int64)
+    for label_path in sorted(labels.glob("*.png")):
+        label = read_png(label_path).astype(np.int64)
+        predicted = read_png(masks / label_path.name).astype(np.int64)
+        assert predicted.shape == label.shape, label_path.name
+        valid = label != ignore_index if ignore_index is not None else np.ones_like(label, bool)
+        matrix += np.bincount(label[valid] * classes + predicted[valid], minlength=classes**2).reshape(classes, -1)
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        dice = np.where(union > 0, 2 * tp / (union + tp), np.nan)
+    return {
+        "matrix": matrix.tolist(),
+        "iou": iou,
+        "dice": dice,
+        "mIoU": float(np.nanmean(iou)),
+        "pixel_accuracy": float(tp.sum() / matrix.sum()),
+    }
+
+
+def _same(a, b) -> bool:
+    """JSON null stands for NaN."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    return a == b
+
+
+# --- a hand-computed confusion matrix ------------------------------------------------------------
+
+MASKS = [
+    np.array([[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [255, 255, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.uint8),
+    np.array([[2, 2, 2, 2, 2, 2], [2, 2, 2, 2, 2, 2], [0, 255, 255, 255, 255, 1], [0, 0, 0, 0, 0, 0]], np.uint8),
+]
+
+
+@pytest.fixture
+def hand_dataset(tmp_path) -> Path:
+    root = tmp_path / "hand"
+    rng = np.random.default_rng(0)
+    for index, mask in enumerate(MASKS):
+        write_png(root / "val" / "images" / f"{index}.png", rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))
+        write_png(root / "val" / "labels" / f"{index}.png", mask)
+    return root
+
+
+def test_evaluate_equals_a_hand_computed_confusion_matrix(hand_dataset, tmp_path, capsys):
+    """The model always predicts class c; label 255 is ignored. Targets: a 15 pixels, b 11, c 16."""
+    checkpoint = make_checkpoint(tmp_path / "c.pth", class_names=["a", "b", "c"], ignore_index=255, constant_class=2)
+    result = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset, "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["confusion_matrix"] == [[0, 0, 15], [0, 0, 11], [0, 0, 16]]
+    assert document["per_class"]["a"] == {"IoU": 0.0, "Dice": 0.0, "pixels": 15}
+    assert document["per_class"]["b"] == {"IoU": 0.0, "Dice": 0.0, "pixels": 11}
+    assert document["per_class"]["c"]["IoU"] == pytest.approx(16 / 42)  # 16 / (16 + 26 false positives)
+    assert document["per_class"]["c"]["Dice"] == pytest.approx(32 / 58)
+    assert document["mIoU"] == pytest.approx(16 / 42 / 3)
+    assert document["mDCC"] == pytest.approx(32 / 58 / 3)
+    assert document["pixel_accuracy"] == pytest.approx(16 / 42)
+    assert document["images"] == 2 and document["ignore_index"] == 255 and document["split"] == "val"
+    assert document["metrics"]["val/IoU/c"] == document["per_class"]["c"]["IoU"]  # training's own keys
+
+    exported = export(checkpoint, "torchscript", tmp_path / "c.pt", height=64, width=64).path
+    from_export = json.loads(run_main(capsys, "evaluate", exported, "--dataset", hand_dataset, "--json").stdout)
+    assert (
+        from_export["confusion_matrix"] == document["confusion_matrix"] and from_export["model_kind"] == "torchscript"
+    )
+
+    table = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset)
+    assert table.returncode == 0, table.stderr
+    for fragment in ("0.3810", "mIoU 0.1270", "pixel accuracy 0.3810", "label 255 ignored", "15"):
+        assert fragment in table.stdout, (fragment, table.stdout)
+
+
+# --- evaluate == predict + independent scoring ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory) -> Path:
+    """5 val pairs of 97x131 generated shapes; some label pixels are 255 (ignored)."""
+    root = make_dataset(tmp_path_factory.mktemp("odd"), train=0, val=5, size=(97, 131), seed=3)
+    for index, label_path in enumerate(sorted((root / "val" / "labels").glob("*.png"))):
+        label = read_png(label_path)
+        label[10 * index : 10 * index + 12, 20:45] = 255
+        write_png(label_path, label)
+    return root
+
+
+def test_evaluate_equals_predict_plus_independent_scoring(odd_dataset, in_tmp_cwd, capsys):
+    """`segcli predict` the split's images, score the PNGs with numpy, compare with `segcli evaluate --json`.
+
+    FPN needs multiples of 32, so the 97x131 images also go through the padding and cropping.
+    """
+    checkpoint = make_checkpoint(in_tmp_cwd / "fpn.pth", arch="fpn", ignore_index=255, seed=11)
+    masks = in_tmp_cwd / "masks"
+    predicted = run_main(capsys, "predict", checkpoint, odd_dataset / "val" / "images", "-o", masks)
+    assert predicted.returncode == 0, predicted.stderr
+    evaluated = run_main(capsys, "evaluate", checkpoint, "--dataset", odd_dataset, "--split", "val", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    document = json.loads(evaluated.stdout)
+
+    expected = independent_scores(odd_dataset / "val" / "labels", masks, 4, 255)
+    assert document["confusion_matrix"] == expected["matrix"]
+    for index, name in enumerate(TINY_CLASSES):
+        assert _same(document["per_class"][name]["IoU"], float(expected["iou"][index])), name
+        assert _same(document["per_class"][name]["Dice"], float(expected["dice"][index])), name
+    assert document["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
+    assert document["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+    # The comparison means something: several classes predicted, some pixels ignored.
+    predicted_classes = np.array(expected["matrix"]).sum(0)
+    assert (predicted_classes > 0).sum() >= 2
+    assert sum(map(sum, expected["matrix"])) < 5 * 97 * 131
+
+
+def test_env_dataset_confusion_matrix_picture_and_options(odd_dataset, in_tmp_cwd):
+    make_checkpoint(in_tmp_cwd / "run" / "ckpt_best.pth", ignore_index=255)
+    (in_tmp_cwd / ".env").write_text(f"DATASET_PATH={odd_dataset}\n")
+    picture = in_tmp_cwd / "plots" / "cm.png"
+    result = run_segcli("evaluate", in_tmp_cwd / "run", "--confusion-matrix", picture, "--tile", "64", cwd=in_tmp_cwd)
+    assert result.returncode == 0, result.stderr
+    for name in TINY_CLASSES:
+        assert name in result.stdout
+    assert "mIoU" in result.stdout and "5 images" in result.stdout
+    image = read_png(picture)
+    assert image.ndim == 3 and image.shape[0] > 4 * 40 and image.shape[1] > 4 * 40
+
+
+def test_user_errors(hand_dataset, tmp_path, capsys, in_tmp_cwd):
+    checkpoint = make_checkpoint(tmp_path / "c.pth", class_names=["a", "b"], ignore_index=None)
+    assert_user_error(run_main(capsys, "evaluate", checkpoint), "no dataset", "--dataset")
+    result = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset)
+    assert_user_error(result, "failed the dataset check", "2 classes", "mask-values")  # labels 2 and 255
+    result = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset, "--split", "test")
+    assert_user_error(result, "test")
+
+
+# --- the camvid acceptance run --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_camvid_train_export_predict_evaluate(camvid_mini, in_tmp_cwd):
+    """Train 1 epoch on camvid-mini; ONNX and TorchScript pass their check; masks at 480x360; evaluate == scoring."""
+    camvid = SHARED_DATASETS / "camvid"
+    if not camvid.is_dir():
+        pytest.skip("../shared/datasets/camvid is not present")
+    trained = run_segcli("train", "-c", REPO / "experiments" / "camvid.yaml", "-e", "mini", "--dataset", camvid_mini,
+                         "--classes", CAMVID_CLASSES, "--max-epochs", "1", "--output-dir", in_tmp_cwd, "--offline",
+                         cwd=in_tmp_cwd)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = in_tmp_cwd / "checkpoints" / "camvid-mini"
+
+    for fmt, name in (("onnx", "ckpt_best.onnx"), ("torchscript", "ckpt_best.torchscript.pt")):
+        exported = run_segcli("export-checkpoint", run_dir, "--format", fmt, "--height", "352", "--width", "480",
+                              cwd=in_tmp_cwd)  # fmt: skip
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        check = json.loads((run_dir / f"{name}.json").read_text())["check"]
+        assert check["passed"] and check["max_abs_diff"] < 1e-3
+        print(f"{fmt}: max abs diff {check['max_abs_diff']:.3g}")
+
+    masks = in_tmp_cwd / "masks"
+    predicted = run_segcli("predict", run_dir, camvid / "val" / "images", "-o", masks, cwd=in_tmp_cwd)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    written = sorted(masks.glob("*.png"))
+    assert len(written) == len(list((camvid / "val" / "labels").glob("*.png"))) == 101
+    assert {read_png(path).shape for path in written} == {(360, 480)}
+
+    evaluated = run_segcli("evaluate", run_dir, "--dataset", camvid, "--json", cwd=in_tmp_cwd)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    document = json.loads(evaluated.stdout)
+    expected = independent_scores(camvid / "val" / "labels", masks, 11, 11)
+    assert document["confusion_matrix"] == expected["matrix"]
+    for index, name in enumerate(CAMVID_CLASSES.split(",")):
+        assert _same(document["per_class"][name]["IoU"], float(expected["iou"][index])), name
+    assert document["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
+    print(f"camvid val: mIoU {document['mIoU']:.4f}, pixel accuracy {document['pixel_accuracy']:.4f}")
+
+    # On the split training validated on, evaluate reproduces the checkpoint's own val/mIoU.
+    mini = run_segcli("evaluate", run_dir, "--dataset", camvid_mini, "--json", cwd=in_tmp_cwd)
+    assert mini.returncode == 0, mini.stderr[-3000:]
+    import torch
+
+    stored = torch.load(run_dir / "ckpt_best.pth", weights_only=True)["metrics"]["val/mIoU"]
+    assert json.loads(mini.stdout)["mIoU"] == pytest.approx(stored, abs=1e-3)
+    print(f"camvid-mini val: evaluate mIoU {json.loads(mini.stdout)['mIoU']:.4f}, training logged {stored:.4f}")

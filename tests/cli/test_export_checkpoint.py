@@ -1,0 +1,161 @@
+"""`segcli export-checkpoint`: every format round-trips, the check catches differences, user errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segcli.errors import ConfigError
+from segcli.export import export
+from segcli.inference import InferenceOptions, open_model, probabilities, to_batch
+from tests.inference_support import TINY_CLASSES, make_checkpoint, run_main
+from tests.support import assert_user_error
+
+FORMATS = ["onnx", "torchscript", "state-dict", "smp"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "ckpt_best.pth", ignore_index=255, miou=0.625)
+
+
+@pytest.fixture
+def run_dir(checkpoint, tmp_path) -> Path:
+    """A private copy of the run folder, so default outputs beside the checkpoint do not collide."""
+    folder = tmp_path / "checkpoints" / "tiny-run"
+    folder.mkdir(parents=True)
+    shutil.copy(checkpoint, folder / "ckpt_best.pth")
+    return folder
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (97, 131, 3), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_round_trips(checkpoint, tmp_path, fmt):
+    output = tmp_path / {"onnx": "m.onnx", "torchscript": "m.pt", "state-dict": "m.pth", "smp": "m_smp"}[fmt]
+    result = export(checkpoint, fmt, output, height=64, width=64)
+    assert result.written and result.check.passed and result.path == output and output.exists()
+    assert result.check.shapes == [(2, 3, 64, 64), (1, 3, 66, 65)]  # two sizes, two batch sizes
+    assert result.check.max_abs_diff < (1e-4 if fmt == "onnx" else 1e-6)
+
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["export_format"] == fmt and sidecar["file"] == output.name
+    assert sidecar["class_names"] == TINY_CLASSES and sidecar["classes"] == 4 and sidecar["in_channels"] == 3
+    assert sidecar["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert sidecar["size_multiple"] == 1 and sidecar["ignore_index"] == 255
+    assert (sidecar["arch"], sidecar["encoder_name"]) == ("unet", "resnet18")
+    assert sidecar["source"]["checkpoint"] == str(checkpoint.resolve())
+    assert sidecar["source"]["metric"] == {"name": "val/mIoU", "value": 0.625}
+    assert sidecar["check"]["passed"] is True and len(sidecar["check"]["inputs"]) == 2
+    if fmt == "onnx":
+        assert sidecar["export"]["opset"] == 17
+    if fmt == "torchscript":
+        assert sidecar["export"]["torchscript"] == "script"  # smp marks Unet/resnet scriptable
+
+    # Reloaded the way `predict` reads it: the same predictions as the checkpoint, at sizes never exported.
+    original, reloaded = open_model(checkpoint), open_model(output)
+    assert reloaded.kind == fmt and reloaded.info.class_names == TINY_CLASSES
+    for image in _images():
+        expected = probabilities(original.forward, to_batch([image], original.info), 1, InferenceOptions())
+        got = probabilities(reloaded.forward, to_batch([image], reloaded.info), 1, InferenceOptions())
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        mask, expected_mask = reloaded.predict([image])[0], original.predict([image])[0]
+        assert mask.shape == image.shape[:2]
+        top2 = expected.topk(2, dim=1).values[0]
+        near_tie = (top2[0] - top2[1]) < 1e-4
+        assert not np.any((mask != expected_mask) & ~near_tie.numpy())  # only float-level ties may flip
+
+
+def test_state_dict_bundle_is_plain_data_smp_rebuilds(checkpoint, tmp_path):
+    import segmentation_models_pytorch as smp
+
+    result = export(checkpoint, "state-dict", tmp_path / "bundle.pth", height=64, width=64, check=False)
+    bundle = torch.load(result.path, weights_only=True)
+    model = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, classes=4)
+    model.load_state_dict(bundle["state_dict"])
+    assert bundle["metadata"]["class_names"] == TINY_CLASSES
+    assert "check" not in json.loads(result.sidecar.read_text())  # --no-check: nothing claimed
+
+
+def test_traced_when_the_architecture_cannot_be_scripted(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "unetpp.pth", arch="unetplusplus")
+    result = export(checkpoint, "torchscript", tmp_path / "unetpp.pt", height=64, width=64)
+    assert result.details["torchscript"] == "trace"
+    assert result.check.passed and result.check.shapes[1] == (1, 3, 128, 96)  # a second size, multiple of 32
+
+
+def test_cli_exports_a_run_folder_beside_its_best_checkpoint(run_dir, capsys):
+    result = run_main(capsys, "export-checkpoint", run_dir, "--format", "onnx", "--height", "64", "--width", "64")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "ckpt_best.onnx").is_file() and (run_dir / "ckpt_best.onnx.json").is_file()
+    for fragment in ("passed", "max abs diff", "val/mIoU 0.6250", "ckpt_best.onnx.json", "1x3x66x65"):
+        assert fragment in result.stdout, (fragment, result.stdout)
+    assert not list(run_dir.glob(".segcli-export-*")), "staging folder left behind"
+
+
+def test_cli_failed_check_exits_1_and_writes_nothing(run_dir, capsys):
+    result = run_main(capsys, "export-checkpoint", run_dir / "ckpt_best.pth", "--height", "64", "--width", "64",
+                      "--tolerance", "0")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "export check failed" in result.stderr and "nothing was written" in result.stderr
+    assert "FAILED" in result.stdout
+    assert sorted(p.name for p in run_dir.iterdir()) == ["ckpt_best.pth"]
+
+
+def test_output_folders_are_never_clobbered(checkpoint, tmp_path):
+    folder = tmp_path / "exports"
+    (folder / "keep.txt").parent.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    result = export(checkpoint, "torchscript", folder, height=64, width=64, check=False)
+    assert result.path == folder / "ckpt_best.torchscript.pt" and (folder / "keep.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="not an earlier smp export"):
+        export(checkpoint, "smp", folder, height=64, width=64, check=False)
+    assert (folder / "keep.txt").is_file()
+    first = export(checkpoint, "smp", tmp_path / "smp", height=64, width=64, check=False)
+    again = export(checkpoint, "smp", tmp_path / "smp", height=64, width=64, check=False)  # replaces its own export
+    assert first.path == again.path and (again.path / "segcli.json").is_file()
+
+
+def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    result = run_main(capsys, "export-checkpoint", run_dir, "--height", "64", "--width", "64")
+    assert_user_error(result, "onnxruntime", "pip install 'segcli[export]'")
+    unchecked = run_main(capsys, "export-checkpoint", run_dir, "--height", "64", "--width", "64", "--no-check")
+    assert unchecked.returncode == 0 and "skipped (--no-check)" in unchecked.stdout
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        open_model(run_dir / "ckpt_best.onnx")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this ran during unpickling",))
+
+
+def test_user_errors(run_dir, tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "other.pth"), "not a segcli checkpoint")
+    torch.save({"format": "segcli-checkpoint", "payload": _Exploit()}, tmp_path / "evil.pth")
+    result = run_main(capsys, "export-checkpoint", tmp_path / "evil.pth")
+    assert_user_error(result, "not a readable segcli checkpoint")
+    assert "this ran" not in result.stdout
+    assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "nothing.pth"), "file not found")
+    assert_user_error(run_main(capsys, "export-checkpoint", tmp_path), "neither ckpt_best.pth")
+    assert_user_error(run_main(capsys, "export-checkpoint", run_dir, "--opset", "99"), "--opset 99")
+    fpn = make_checkpoint(tmp_path / "fpn.pth", arch="fpn")
+    assert_user_error(run_main(capsys, "export-checkpoint", fpn, "--height", "60"), "--height 60", "multiple of 32")
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_warnings_stay_quiet(checkpoint, tmp_path, recwarn):
+    export(checkpoint, "torchscript", tmp_path / "m.pt", height=64, width=64)
+    noisy = [str(w.message) for w in recwarn if "deprecated" in str(w.message) or "legacy" in str(w.message)]
+    assert not noisy, noisy

@@ -1,0 +1,125 @@
+"""`segcli predict`: masks of the input size for any size, exports as input, skips, tiles, user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segcli.export import export
+from segcli.inference import InferenceOptions, open_model
+from tests.inference_support import make_checkpoint, read_png, run_main, write_png
+from tests.support import assert_user_error, run_segcli
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "ckpt_best.pth", seed=4)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """odd.png 97x131 and small.png 64x64 RGB, gray.png 50x70 single-channel."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    write_png(folder / "odd.png", rng.integers(0, 256, (97, 131, 3), dtype=np.uint8))
+    write_png(folder / "small.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    write_png(folder / "gray.png", rng.integers(0, 256, (50, 70), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+SIZES = {"odd": (97, 131), "small": (64, 64), "gray": (50, 70)}
+
+
+def _expected_masks(model: Path, folder: Path, options: InferenceOptions | None = None) -> dict[str, np.ndarray]:
+    from segcli.data.io import read_image
+
+    predictor = open_model(model)
+    return {stem: predictor.predict([read_image(folder / f"{stem}.png")], options)[0] for stem in SIZES}
+
+
+def test_masks_have_the_input_size_and_unreadable_files_are_skipped(checkpoint, images, in_tmp_cwd):
+    broken = in_tmp_cwd / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    output = in_tmp_cwd / "masks"
+    result = run_segcli("predict", checkpoint, images, broken, "--output", output, "--overlay", cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "WARN" not in result.stderr  # OpenCV's own noise is silenced
+    assert f"skipped {broken}" in result.stderr and "1 of 4 inputs could not be read" in result.stderr
+    assert "wrote 3 masks" in result.stdout
+    assert sorted(p.name for p in output.glob("*.png")) == ["gray.png", "odd.png", "small.png"]
+    expected = _expected_masks(checkpoint, images)
+    for stem, size in SIZES.items():
+        mask = read_png(output / f"{stem}.png")
+        assert mask.shape == size and mask.dtype == np.uint8 and mask.max() < 4
+        np.testing.assert_array_equal(mask, expected[stem])
+        overlay = read_png(output / "overlays" / f"{stem}.png")
+        assert overlay.shape[2] == 3 and overlay.shape[0] > size[0]  # the legend sits below the picture
+    assert len({mask.tobytes() for mask in expected.values()}) == 3
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "state-dict", "onnx", "smp"])
+def test_exports_predict_like_the_checkpoint(checkpoint, images, tmp_path, capsys, fmt):
+    exported = export(checkpoint, fmt, tmp_path / f"model-{fmt}", height=64, width=64, check=False).path
+    result = run_main(capsys, "predict", exported, images / "odd.png", images / "small.png", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert f"({fmt} {exported})" in result.stdout
+    expected = _expected_masks(checkpoint, images)
+    for stem in ("odd", "small"):
+        mask = read_png(tmp_path / "out" / f"{stem}.png")
+        agreement = float(np.mean(mask == expected[stem]))
+        assert agreement == 1.0 if fmt != "onnx" else agreement > 0.999
+
+
+def test_tiles_flip_tta_and_padding_to_the_size_multiple(images, tmp_path, capsys):
+    """FPN needs multiples of 32: 97x131 is padded; --tile 40 becomes 64x64 tiles."""
+    fpn = make_checkpoint(tmp_path / "fpn.pth", arch="fpn")
+    args = ["--tile", "40", "--overlap", "0.5", "--tta", "flip", "--batch-size", "3"]
+    result = run_main(capsys, "predict", fpn, images, "-o", tmp_path / "out", *args)
+    assert result.returncode == 0, result.stderr
+    options = InferenceOptions(batch_size=3, tile=40, overlap=0.5, flip_tta=True)
+    expected = _expected_masks(fpn, images, options)
+    plain = _expected_masks(fpn, images)
+    for stem, size in SIZES.items():
+        mask = read_png(tmp_path / "out" / f"{stem}.png")
+        assert mask.shape == size
+        np.testing.assert_array_equal(mask, expected[stem])
+    assert any(not np.array_equal(expected[stem], plain[stem]) for stem in SIZES)  # the options took effect
+
+
+def test_user_errors(checkpoint, images, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert_user_error(run_main(capsys, "predict", checkpoint, tmp_path / "nope.png", "-o", output), "no such file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_main(capsys, "predict", checkpoint, empty, "-o", output), "no images")
+    twin = write_png(tmp_path / "other" / "odd.png", np.zeros((8, 8, 3), np.uint8))
+    result = run_main(capsys, "predict", checkpoint, images, twin, "-o", output)
+    assert_user_error(result, "share a stem", "odd.png", "different --output folders")
+    assert_user_error(run_main(capsys, "predict", images / "odd.png", images, "-o", output), "segcli checkpoint")
+    assert not output.exists()
+    result = run_main(capsys, "predict", checkpoint, images, "-o", images)
+    assert_user_error(result, "would overwrite input images")
+    assert_user_error(run_main(capsys, "predict", checkpoint, images, "-o", images / "odd.png"), "is a file")
+    missing_output = run_main(capsys, "predict", checkpoint, images)
+    assert missing_output.returncode == 2 and "--output" in missing_output.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export-checkpoint"])
+def test_help_does_not_import_torch(command, in_tmp_cwd):
+    probe = (
+        "import sys\n"
+        "from segcli.cli.app import main\n"
+        f"sys.argv = ['segcli', {command!r}, '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'onnx', 'onnxruntime', 'cv2')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=in_tmp_cwd, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    assert "Usage" in result.stdout

@@ -1,0 +1,92 @@
+"""Checkpoints built without training, for the predict / evaluate / export tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segcli.config.schema import Experiment, ModelConfig
+from segcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segcli.models.registry import size_multiple
+from segcli.models.task import SegmentationTask
+from segcli.training.checkpoints import atomic_save, checkpoint_payload
+
+TINY_CLASSES = ["background", "disc", "square", "triangle"]
+
+
+def make_checkpoint(
+    path: Path,
+    *,
+    arch: str = "unet",
+    class_names: list[str] | None = None,
+    ignore_index: int | None = None,
+    seed: int = 0,
+    constant_class: int | None = None,
+    params: dict | None = None,
+    miou: float = 0.5,
+) -> Path:
+    """A segcli checkpoint of a randomly initialised resnet18 model, written the way training writes one.
+
+    `constant_class`: the segmentation head ignores its input and always predicts this class.
+    """
+    class_names = class_names or TINY_CLASSES
+    torch.manual_seed(seed)
+    model = ModelConfig(
+        arch=arch, encoder_name="resnet18", encoder_weights=None, classes=len(class_names), params=params or {}
+    )
+    task = SegmentationTask(Experiment(model=model, ignore_index=ignore_index).model_dump(mode="json"), class_names)
+    if constant_class is not None:
+        head = task.model.segmentation_head[0]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[constant_class] = 5.0
+    payload = checkpoint_payload(
+        task.model.state_dict(),
+        task,
+        epoch=2,
+        global_step=30,
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        size_multiple=size_multiple(task.model),
+        run_name="tiny-run",
+        metrics={"val/mIoU": miou, "val/loss": 1.0},
+        kind="ckpt_best",
+    )
+    atomic_save(payload, path)
+    return path
+
+
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI's own entry point (error boundary included) in this process: no torch start-up per call."""
+    from segcli.cli.app import main
+
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["segcli", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
