@@ -23,7 +23,7 @@ import torch
 from segcli.config.schema import Experiment
 from segcli.models.registry import build_optimizer
 from segcli.models.task import SegmentationTask
-from segcli.training.checkpoints import SegcliCheckpoints
+from segcli.training.callbacks import SegcliCheckpoints
 from segcli.training.metrics import ConfusionMatrix
 from segcli.training.run import Prepared, RunOptions, build_trainer, make_loaders, prepare
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch  # noqa: TID253 - the export core is heavy by nature; the command imports it inside its body
+import torch
 
 from segcli.errors import ConfigError
 from segcli.inference import (

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch  # noqa: TID253 - the inference core is heavy by nature; commands import it inside their body
-import torch.nn.functional as F  # noqa: TID253
+import torch
+import torch.nn.functional as F
 
 from segcli.errors import CheckpointError, ConfigError
 

@@ -1,15 +1,12 @@
-"""Crash safety: atomic full-state files, the run record that finds them again, and a clean Ctrl-C."""
+"""Crash safety: atomic full-state files (Lightning format) and the run record that finds them again."""
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from segcli.errors import CheckpointError
@@ -65,29 +62,3 @@ def state_hparams(path: Path) -> dict[str, Any]:
     if not isinstance(hparams, dict) or "experiment" not in hparams:
         raise CheckpointError(f"{path}: not a segcli training state (written by `segcli train`)")
     return hparams
-
-
-class GracefulStop(pl.Callback):
-    """First Ctrl-C: finish the current epoch (its state is saved) and stop. Second Ctrl-C: abort now."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.requested = True
-        sys.stderr.write("\nstopping after this epoch (its state will be saved); press Ctrl-C again to abort now\n")
-
-    def __enter__(self) -> GracefulStop:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.requested:
-            trainer.should_stop = True

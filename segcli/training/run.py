@@ -23,9 +23,10 @@ from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import build_pipeline, normalization
 from segcli.env import apply_offline_switches, wandb_project
 from segcli.errors import CheckpointError, ConfigError, DatasetError, did_you_mean
-from segcli.training.checkpoints import STATE, SegcliCheckpoints
+from segcli.training.callbacks import GracefulStop, SegcliCheckpoints
+from segcli.training.checkpoints import STATE
 from segcli.training.metrics import logged_metric_keys
-from segcli.training.resume import RECORD, AtomicCheckpointIO, GracefulStop, RunRecord, state_hparams
+from segcli.training.resume import RECORD, AtomicCheckpointIO, RunRecord, state_hparams
 
 SPLITS = ("train", "val")
 SAMPLES_LOGGED = 2

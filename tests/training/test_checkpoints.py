@@ -10,7 +10,8 @@ import torch
 
 from segcli.config.schema import Experiment, ModelConfig
 from segcli.errors import CheckpointError, StorageError
-from segcli.training.checkpoints import AVERAGE, BEST, LATEST, SegcliCheckpoints, atomic_save, load_checkpoint
+from segcli.training.callbacks import SegcliCheckpoints
+from segcli.training.checkpoints import AVERAGE, BEST, LATEST, atomic_save, load_checkpoint
 
 NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
