@@ -24,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/segcli make-demo-dataset $(DEMO_DATA)
+	$(BIN)/segcli make-demo-dataset $(DEMO_DATA) --train 96 --val 24
 	$(BIN)/segcli train --config experiments/demo.yaml --experiment shapes \
 		--dataset $(DEMO_DATA) --classes background,disc,square,triangle --offline --output-dir runs --overwrite
 

@@ -22,7 +22,7 @@ import torch
 
 from segcli.config.schema import Experiment
 from segcli.models.registry import build_optimizer
-from segcli.models.task import SegmentationTask
+from segcli.models.task import SegmentationTask, predictions
 from segcli.training.callbacks import SegcliCheckpoints
 from segcli.training.metrics import ConfusionMatrix
 from segcli.training.run import Prepared, RunOptions, build_trainer, make_loaders, prepare
@@ -99,12 +99,11 @@ def _model_rate(exp, class_names, prepared: Prepared, device, steps: int) -> tup
     rate = steps * len(images) / (time.perf_counter() - started)
 
     metric = ConfusionMatrix(exp.model.classes, exp.ignore_index).to(device)
-    predictions = logits.detach().argmax(1)
-    metric.update(predictions, masks)
+    metric.update(predictions(logits.detach()), masks)  # warm-up
     _sync(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        metric.update(predictions, masks)
+    for _ in range(steps):  # what the step adds for metrics: predictions and one bincount
+        metric.update(predictions(logits.detach()), masks)
     _sync(device)
     return rate, (time.perf_counter() - started) / steps
 

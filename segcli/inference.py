@@ -160,7 +160,8 @@ class Predictor:
         """HxWxC uint8 images of one size -> HxW class-index masks (uint8, uint16 beyond 256 classes)."""
         options = options or InferenceOptions()
         batch = to_batch(images, self.info).to(self.device)
-        masks = probabilities(self.forward, batch, self.info.size_multiple, options).argmax(1)
+        # max(1).indices: the same first maximum as argmax(1), several times faster on CPU.
+        masks = probabilities(self.forward, batch, self.info.size_multiple, options).max(1).indices
         dtype = np.uint8 if self.info.classes <= 256 else np.uint16
         return [mask.cpu().numpy().astype(dtype) for mask in masks]
 
