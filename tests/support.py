@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -34,3 +35,25 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+HEAVY_MODULES = ("torch", "segmentation_models_pytorch", "pytorch_lightning", "albumentations", "cv2", "onnx")
+
+
+def heavy_imports(argv: list[str], cwd: Path) -> tuple[list[str], int | None, str]:
+    """Run `segcli ARGV` through main() in a fresh interpreter: (heavy modules it imported, exit code, output)."""
+    probe = (
+        "import sys\n"
+        "from segcli.cli.app import main\n"
+        f"sys.argv = ['segcli', *{[str(a) for a in argv]!r}]\n"
+        "code = 0\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"print('HEAVY', [m for m in {HEAVY_MODULES!r} if m in sys.modules])\n"
+        "print('EXIT', code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.splitlines()
+    heavy = next((ast.literal_eval(line[6:]) for line in lines if line.startswith("HEAVY ")), None)
+    code = next((line[5:] for line in lines if line.startswith("EXIT ")), None)
+    assert heavy is not None and code is not None, result.stdout + result.stderr
+    return heavy, None if code == "None" else int(code), result.stdout

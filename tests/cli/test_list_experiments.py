@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import REPO, assert_user_error, run_segcli
+from tests.support import REPO, assert_user_error, heavy_imports, run_segcli
 
 
 @pytest.fixture
@@ -64,14 +62,5 @@ def test_missing_path_is_a_user_error(in_tmp_cwd):
     ],
 )
 def test_light_commands_do_not_import_torch(argv, experiments_dir, in_tmp_cwd):
-    probe = (
-        "import sys\n"
-        "from segcli.cli.app import main\n"
-        f"sys.argv = ['segcli', *{argv!r}]\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'pytorch_lightning', 'albumentations', 'cv2')"
-        " if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=in_tmp_cwd, capture_output=True, text=True, timeout=60)
-    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    heavy, code, _ = heavy_imports(argv, in_tmp_cwd)
+    assert heavy == [] and code in (0, None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from segcli.export import export
 from segcli.inference import InferenceOptions, open_model
 from tests.inference_support import make_checkpoint, read_png, run_main, write_png
-from tests.support import assert_user_error, run_segcli
+from tests.support import assert_user_error, heavy_imports, run_segcli
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +109,5 @@ def test_user_errors(checkpoint, images, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "export-checkpoint"])
 def test_help_does_not_import_torch(command, in_tmp_cwd):
-    probe = (
-        "import sys\n"
-        "from segcli.cli.app import main\n"
-        f"sys.argv = ['segcli', {command!r}, '--help']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'onnx', 'onnxruntime', 'cv2')"
-        " if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=in_tmp_cwd, capture_output=True, text=True, timeout=60)
-    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
-    assert "Usage" in result.stdout
+    heavy, code, output = heavy_imports([command, "--help"], in_tmp_cwd)
+    assert heavy == [] and code == 0 and "Usage" in output
