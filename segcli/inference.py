@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from segcli.errors import CheckpointError, ConfigError
+from segcli.training.checkpoints import load_checkpoint, load_tagged
 
 SIDECAR_FORMAT = "segcli-export"
 SIDECAR_VERSION = 1
@@ -230,8 +231,6 @@ def build_model(info: ModelInfo, state_dict: dict[str, torch.Tensor] | None, whe
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
     """A segcli checkpoint (or run folder) -> the CPU model in eval mode and its metadata."""
-    from segcli.training.checkpoints import load_checkpoint
-
     path = resolve_model_path(path)
     if path.suffix == ".onnx" or _is_torchscript(path):  # torch.load would hand a TorchScript file to jit.load
         raise CheckpointError(
@@ -317,14 +316,7 @@ def _open_torchscript(path: Path, info: ModelInfo, device: torch.device) -> tupl
 
 
 def _open_state_dict(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forward, torch.device]:
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - weights_only refusals and corrupt files have many types
-        raise CheckpointError(
-            f"{path}: not a readable state-dict bundle ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from None
-    if not isinstance(bundle, dict) or bundle.get("format") != STATE_DICT_FORMAT:
-        raise CheckpointError(f"{path}: not a segcli state-dict bundle")
+    bundle = load_tagged(path, STATE_DICT_FORMAT, "segcli state-dict bundle", "segcli export-checkpoint")
     return _module_forward(build_model(info, bundle["state_dict"], path).to(device)), device
 
 

@@ -49,19 +49,24 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
         os.close(directory)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a segcli checkpoint safely; anything else is a clear error, never unpickled code."""
+def load_tagged(path: Path, expected_format: str, what: str, written_by: str) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a dict whose "format" is `expected_format`: never unpickled code."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # noqa: BLE001 - weights_only refusals and corrupt files have many types
         raise CheckpointError(
-            f"{path}: not a readable segcli checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a segcli checkpoint (expected a file written by `segcli train`)")
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise CheckpointError(f"{path}: not a {what} (expected a file written by `{written_by}`)")
     return payload
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a segcli checkpoint safely; anything else is a clear error."""
+    return load_tagged(path, FORMAT, "segcli checkpoint", "segcli train")
 
 
 def checkpoint_payload(
