@@ -202,7 +202,7 @@ def _print_summary(result, class_names: list[str]) -> None:
         table.add_row("W&B run", result.wandb_dir + hint)
     console.print(table)
     if best:
-        per_class = Table(title="best epoch, per class (NaN: class absent from targets and predictions)")
+        per_class = Table(title="per class, best epoch", caption="NaN: absent from targets and predictions")
         per_class.add_column("class")
         per_class.add_column("IoU", justify="right")
         per_class.add_column("Dice", justify="right")
