@@ -41,22 +41,21 @@ def validate_dataset(
     root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
     splits = split or ["train", "val"]
-    if json_output or not sys.stderr.isatty():
-        report = check_dataset(root, splits, class_names, ignore_index, workers)
-    else:
-        from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
-            task = progress.add_task("checking", total=None)
-            report = check_dataset(
-                root,
-                splits,
-                class_names,
-                ignore_index,
-                workers,
-                on_total=lambda total: progress.update(task, total=total),
-                on_pair=lambda: progress.advance(task),
-            )
+    progress_shown = not json_output and sys.stderr.isatty()
+    with Progress(console=Console(stderr=True), transient=True, disable=not progress_shown) as progress:
+        task = progress.add_task("checking", total=None)
+        report = check_dataset(
+            root,
+            splits,
+            class_names,
+            ignore_index,
+            workers,
+            on_total=lambda total: progress.update(task, total=total),
+            on_pair=lambda: progress.advance(task),
+        )
     failed = bool(report.errors or (strict and report.warnings))
     if json_output:
         typer.echo(json.dumps({"ok": not failed, **report.to_dict()}, indent=2))
