@@ -109,9 +109,9 @@ def _print_report(report, failed: bool) -> None:
 
     errors, warnings = len(report.errors), len(report.warnings)
     if failed:
-        console.print(f"[red bold]{errors} error(s), {warnings} warning(s)[/red bold]")
+        console.print(f"[red bold]{errors} error(s), {warnings} warning(s)[/red bold]", highlight=False)
     else:
-        console.print(f"[green bold]OK[/green bold]: no errors, {warnings} warning(s)")
+        console.print(f"[green bold]OK[/green bold]: no errors, {warnings} warning(s)", highlight=False)
 
 
 def _value_summary(report) -> list[str]:
