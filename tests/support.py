@@ -57,3 +57,39 @@ def heavy_imports(argv: list[str], cwd: Path) -> tuple[list[str], int | None, st
     code = next((line[5:] for line in lines if line.startswith("EXIT ")), None)
     assert heavy is not None and code is not None, result.stdout + result.stderr
     return heavy, None if code == "None" else int(code), result.stdout
+
+
+def wandb_history(output: Path) -> list[dict]:
+    """The history rows of the one offline W&B run under `output/wandb`, read from its .wandb file.
+
+    The file is a LevelDB-style log (7-byte header ":W&B" + magic + version, then 32 KiB blocks of records
+    with a 7-byte header each) of protobuf `Record`s; history rows are the records with a `history` field.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    runs = list((output / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    data = runs[0].read_bytes()
+    block, offset, pending, rows = 32768, 7, b"", []
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # the rest of a block too short for a header is padding
+            offset += block - offset % block
+            continue
+        length, kind = struct.unpack("<HB", data[offset + 4 : offset + 7])
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        else:  # middle, last
+            pending += chunk
+        if kind in (1, 4) and pending:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.HasField("history"):
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})  # fmt: skip
+            pending = b""
+    return rows

@@ -11,17 +11,43 @@ from segcli.cli import (
     benchmark,
     evaluate,
     export_checkpoint,
+    find_lr,
     list_experiments,
     make_demo_dataset,
     predict,
     preview_samples,
+    report,
     schema,
     train,
     validate_dataset,
 )
-from segcli.env import apply_offline_switches
+from segcli.config.env import apply_offline_switches
 from segcli.errors import SegcliError
 
+
+def _plain_help_metavars() -> None:
+    """typer 0.29's help prints Python types (`<bool>` on flags, `<list[Path]>`, `{model}`); show what users
+    expect instead: nothing for a flag, the option's metavar (PATH, N, NAME), arguments by their name."""
+    from typer import core
+
+    def option_type(self, ctx) -> str | None:
+        if self.is_flag:
+            return None
+        if self.metavar is not None:
+            return self.metavar
+        label = core.TyperOption.display_type(self, ctx).strip("<>")
+        return {"int range": "N", "int": "N", "float range": "X", "float": "X", "path": "PATH"}.get(label, "TEXT")
+
+    def usage_name(self) -> str:
+        name = self.display_name_raw
+        return name if self.required else f"[{name}]"
+
+    core.TyperOption.display_type_rich = option_type
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument._usage_display_name = usage_name
+
+
+_plain_help_metavars()
 app = typer.Typer(
     name="segcli",
     help="Train segmentation_models_pytorch models from YAML experiment files.",
@@ -33,6 +59,8 @@ app.command("train")(train.train)
 app.command("validate-dataset")(validate_dataset.validate_dataset)
 app.command("preview-samples")(preview_samples.preview_samples)
 app.command("list-experiments")(list_experiments.list_experiments)
+app.command("report")(report.report)
+app.command("find-lr")(find_lr.find_lr)
 app.command("make-demo-dataset")(make_demo_dataset.make_demo_dataset)
 app.command("export-checkpoint")(export_checkpoint.export_checkpoint)
 app.command("predict")(predict.predict)

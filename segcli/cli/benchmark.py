@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from segcli.cli.options import ClassesOpt, DatasetOpt, IgnoreIndexOpt, JsonOpt
-from segcli.cli.output import stdout_console
+from segcli.cli.common import (
+    ClassesOpt,
+    DatasetOpt,
+    ExperimentOpt,
+    IgnoreIndexOpt,
+    JsonOpt,
+    OptionalConfigOpt,
+    resolve_experiment_option,
+    stdout_console,
+)
 
 DEFAULT_MODEL = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
 
 
 def benchmark(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment file.")] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Experiment name.")] = None,
+    config: OptionalConfigOpt = None,
+    experiment: ExperimentOpt = None,
     dataset: DatasetOpt = None,
     classes: ClassesOpt = None,
     ignore_index: IgnoreIndexOpt = None,
-    steps: Annotated[int, typer.Option(min=1, help="Timed steps per section (after 3 warm-up steps).")] = 10,
+    steps: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Timed steps per section (after 3 warm-up steps).")
+    ] = 10,
     cpu: Annotated[bool, typer.Option("--cpu", help="Benchmark on the CPU even when a GPU is present.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -29,29 +38,23 @@ def benchmark(
 
     Without --config it measures Unet/resnet18 from scratch with the default settings.
     """
-    from segcli import env
-    from segcli.config.loader import load_experiment_file, resolve_experiment
+    from segcli.config import env
     from segcli.config.schema import Experiment
-    from segcli.errors import ConfigError
 
     env.load_env_file()
     root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
-    if (config is None) != (experiment is None):
-        raise ConfigError("--config and --experiment go together: name the experiment file and the experiment")
-    if config is not None:
-        resolved = resolve_experiment(load_experiment_file(config), experiment, config)
+    resolved = resolve_experiment_option(config, experiment)
+    if resolved is not None:
         name = f"{config.stem}-{experiment}"
     else:
         model = {**DEFAULT_MODEL, "classes": len(class_names)}
         resolved = Experiment.model_validate({"model": model, "ignore_index": ignore_index})
         name = "default"
 
-    from segcli.benchmark import run_benchmark
-    from segcli.training.run import RunOptions
+    from segcli.training.benchmark import run_benchmark
 
-    options = RunOptions(root, class_names, name, name, force_cpu=cpu, progress=False)
-    result = run_benchmark(resolved, options, steps)
+    result = run_benchmark(resolved, dataset=root, class_names=class_names, name=name, force_cpu=cpu, steps=steps)
     if json_output:
         typer.echo(json.dumps(result, indent=2))
         return

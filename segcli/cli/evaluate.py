@@ -1,111 +1,125 @@
-"""`segcli evaluate`: training's metrics for a checkpoint over a whole dataset split."""
+"""`segcli evaluate`: training's metrics for a model (or an ensemble) over a whole dataset split."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from segcli.cli.options import (
+from segcli.cli.common import (
     BatchSizeOpt,
     CpuOpt,
     DatasetOpt,
     GpuOpt,
     JsonOpt,
+    ModelsArg,
     OverlapOpt,
+    ProgressReport,
+    ResizeOpt,
     TileOpt,
-    Tta,
     TtaOpt,
+    fmt,
+    inference_options,
+    stderr_console,
+    stdout_console,
 )
-from segcli.cli.output import stdout_console
 
 
 def evaluate(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            help="A checkpoint (ckpt_best.pth, ...), a run folder (its ckpt_best.pth) or an export of "
-            "`export-checkpoint` with its sidecar.",
-            show_default=False,
-        ),
-    ],
+    models: ModelsArg,
     dataset: DatasetOpt = None,
-    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    split: Annotated[str, typer.Option(metavar="NAME", help="Split to score.")] = "val",
     json_output: JsonOpt = False,
+    per_image: Annotated[bool, typer.Option("--per-image", help="With --json: every image's own scores too.")] = False,
+    worst: Annotated[
+        Optional[int],
+        typer.Option(min=1, metavar="K", help="List the K images with the lowest mIoU and draw them (--worst-output)."),
+    ] = None,
+    worst_output: Annotated[Path, typer.Option(metavar="FILE", help="Where --worst draws its images.")] = Path(
+        "worst_predictions.png"
+    ),
     confusion_matrix: Annotated[
         Optional[Path],
-        typer.Option("--confusion-matrix", help="Also write the row-normalised confusion matrix as a PNG."),
+        typer.Option("--confusion-matrix", metavar="FILE", help="Also write the row-normalised confusion matrix."),
     ] = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = 4,
     tta: TtaOpt = None,
+    resize: ResizeOpt = None,
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:
-    """Per-class IoU and Dice, mIoU, mDCC and pixel accuracy over a split (class names from the checkpoint)."""
-    from rich.progress import Progress
-
-    from segcli import env
-    from segcli.evaluation import evaluate_split, render_confusion_matrix
-    from segcli.inference import InferenceOptions, open_model, select_device
+    """Per-class IoU and Dice, mIoU, mDCC and pixel accuracy over a split (class names from the model)."""
+    from segcli.config import env
+    from segcli.devices import inference_device
+    from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
+    from segcli.files import save_image
+    from segcli.inference.evaluate import evaluate_pairs, split_pairs, worst_samples
+    from segcli.inference.loading import open_models
 
     env.load_env_file()
     root = env.dataset_path(dataset)
-    predictor = open_model(checkpoint, select_device(gpu, cpu))
-    options = InferenceOptions(batch_size=batch_size, tile=tile, overlap=overlap, flip_tta=tta is Tta.flip)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    with Progress(console=errors, transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(f"evaluating {split}", total=None)
-        result = evaluate_split(
-            predictor,
-            root,
-            split,
-            options,
-            on_total=lambda total: progress.update(task, total=total),
-            on_image=lambda: progress.advance(task),
-        )
+    predictor = open_models(models, inference_device(gpu, cpu))
+    options = inference_options(batch_size, tile, overlap, tta, resize)
+    pairs = split_pairs(predictor, root, split)
+    with ProgressReport(f"evaluating {split}", enabled=not json_output) as progress:
+        progress.total(len(pairs))
+        result = evaluate_pairs(predictor, pairs, options, split, progress.advance)
+    notes = stderr_console()
+    source = predictor.info.source
+    run = source.get("run_name") or predictor.path.parent.name
     if confusion_matrix is not None:
-        confusion_matrix.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{predictor.path.name} on {split} ({result.images} images)"
-        render_confusion_matrix(result.matrix, result.class_names, title).save(confusion_matrix)
-        errors.print(f"wrote {confusion_matrix}")
+        title = f"{run}, {predictor.path.name} ({predictor.kind}) on {split}, {result.images} images"
+        save_image(confusion_matrix, render_confusion_matrix(result.matrix, result.class_names, title))
+        notes.print(f"wrote {confusion_matrix}", markup=False)
+    if worst:
+        samples = worst_samples(predictor, result, pairs, worst, options)
+        title = f"{run}: the {len(samples)} {split} images with the lowest mIoU"
+        info = predictor.info
+        save_image(worst_output, render_grid(samples, info.class_names, info.ignore_index, PREDICTION_COLUMNS, title))
+        notes.print(f"wrote {worst_output}", markup=False)
     if json_output:
-        document = {"checkpoint": str(predictor.path), "model_kind": predictor.kind, "dataset": str(root)}
-        document.update(result.to_dict())
+        document = {"models": [str(path) for path in predictor.members], "model_kind": predictor.kind,
+                    "dataset": str(root), **result.to_dict(per_image=per_image)}  # fmt: skip
+        if worst:
+            document["worst"] = [score.name for score in result.worst(worst)]
         typer.echo(json.dumps(document, indent=2, allow_nan=False))
         return
-    _print_table(result, predictor, root)
+    _print_table(result, predictor, root, worst)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"
-
-
-def _print_table(result, predictor, root: Path) -> None:
+def _print_table(result, predictor, root: Path, worst: int | None) -> None:
     s = result.split
     pixels = result.matrix.sum(1).tolist()
     console = stdout_console()
-    console.print(f"{predictor.path} on {root / s}: {result.images} images", highlight=False, soft_wrap=True)
-    table = Table(caption="NaN: class absent from both targets and predictions (left out of the means)")
+    console.print(f"{predictor.kind} {predictor.path} on {root / s}: {result.images} images")
+    absent = any(result.metrics[f"{s}/IoU/{name}"] != result.metrics[f"{s}/IoU/{name}"] for name in result.class_names)
+    table = Table(
+        caption="-: class absent from both targets and predictions (left out of the means)" if absent else None
+    )
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("Dice", justify="right")
     table.add_column("pixels", justify="right")
     for index, name in enumerate(result.class_names):
-        table.add_row(name, _fmt(result.metrics[f"{s}/IoU/{name}"]), _fmt(result.metrics[f"{s}/Dice/{name}"]),
+        table.add_row(name, fmt(result.metrics[f"{s}/IoU/{name}"]), fmt(result.metrics[f"{s}/Dice/{name}"]),
                       f"{pixels[index]:,}")  # fmt: skip
     table.add_section()
-    table.add_row("mean", _fmt(result.metrics[f"{s}/mIoU"]), _fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
+    table.add_row("mean", fmt(result.metrics[f"{s}/mIoU"]), fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
     console.print(table)
     ignored = "" if result.ignore_index is None else f"; label {result.ignore_index} ignored"
     console.print(
-        f"mIoU {_fmt(result.metrics[f'{s}/mIoU'])}  mDCC {_fmt(result.metrics[f'{s}/mDCC'])}  "
-        f"pixel accuracy {_fmt(result.metrics[f'{s}/pixel_accuracy'])}{ignored}",
-        highlight=False,
+        f"mIoU {fmt(result.metrics[f'{s}/mIoU'])}  mDCC {fmt(result.metrics[f'{s}/mDCC'])}  "
+        f"pixel accuracy {fmt(result.metrics[f'{s}/pixel_accuracy'])}{ignored}"
     )
+    if worst:
+        ranked = Table(title=f"the {worst} images with the lowest mIoU")
+        ranked.add_column("image")
+        ranked.add_column("mIoU", justify="right")
+        for score in result.worst(worst):
+            ranked.add_row(score.name, fmt(score.mIoU))
+        console.print(ranked)

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from segcli.cli.options import JsonOpt
-from segcli.cli.output import stdout_console
+from segcli.cli.common import JsonOpt, stderr_console, stdout_console
 from segcli.errors import ConfigError
 
 
@@ -41,6 +39,7 @@ def _describe(value) -> str:
 def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
     """One row per experiment, and one message per file that could not be read."""
     from segcli.config.loader import flatten, load_experiment_file, resolve_experiment
+    from segcli.config.naming import run_name
 
     rows, problems = [], []
     for file in _config_files(paths):
@@ -59,7 +58,7 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
                 {
                     "config": str(file),
                     "experiment": name,
-                    "run_name": f"{file.stem}-{name}",
+                    "run_name": run_name(file, name),
                     "changes": flatten(override or {}),
                     "status": status,
                 }
@@ -69,7 +68,8 @@ def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
 
 def list_experiments(
     paths: Annotated[
-        Optional[list[Path]], typer.Argument(help="Experiment files or folders (default: experiments/).")
+        Optional[list[Path]],
+        typer.Argument(metavar="PATH...", help="Experiment files or folders (default: experiments/)."),
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -88,6 +88,6 @@ def list_experiments(
             table.add_row(row["config"], row["experiment"], changes, row["status"])
         stdout_console().print(table)
         for problem in problems:
-            Console(stderr=True).print(f"error: {problem}", markup=False, highlight=False)
+            stderr_console().print(f"error: {problem}", markup=False)
     if problems:
         raise typer.Exit(2)

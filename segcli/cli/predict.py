@@ -1,68 +1,92 @@
-"""`segcli predict`: one class-index PNG per image (same stem), optionally a colour overlay with legend."""
+"""`segcli predict`: one class-index PNG per image (same stem), optionally overlays and probability maps."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from segcli.cli.options import BatchSizeOpt, CpuOpt, GpuOpt, OverlapOpt, TileOpt, Tta, TtaOpt
-
-EXIT_SKIPPED = 1
+from segcli.cli.common import (
+    EXIT_PROBLEMS,
+    BatchSizeOpt,
+    CpuOpt,
+    EnsembleOpt,
+    GpuOpt,
+    ModelArg,
+    OverlapOpt,
+    ProgressReport,
+    ResizeOpt,
+    TileOpt,
+    TtaOpt,
+    inference_options,
+    stderr_console,
+)
 
 
 def predict(
-    model: Annotated[
-        Path,
+    model: ModelArg,
+    inputs: Annotated[
+        list[Path],
         typer.Argument(
-            help="A checkpoint (ckpt_best.pth, ...), a run folder (its ckpt_best.pth) or an export of "
-            "`export-checkpoint` (ONNX, TorchScript or state-dict file, or smp folder) with its sidecar.",
-            show_default=False,
+            metavar="INPUT...", help="Image files, or folders whose image files are all used.", show_default=False
         ),
     ],
-    inputs: Annotated[
-        list[Path], typer.Argument(help="Image files, or folders whose image files are all used.", show_default=False)
-    ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for <stem>.png masks (and overlays/<stem>.png).")
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for <stem>.png masks (and overlays/).")
     ],
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also write the image with the coloured mask and a legend.")
     ] = False,
+    probabilities: Annotated[
+        Optional[int],
+        typer.Option(
+            "--probabilities",
+            metavar="8|16",
+            help="Also write probability maps as 8- or 16-bit PNGs (the foreground's for a binary model, one per "
+            "class otherwise) under probabilities/.",
+        ),
+    ] = None,
+    ensemble: EnsembleOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = 4,
     tta: TtaOpt = None,
+    resize: ResizeOpt = None,
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:
     """Predict masks for images of any size; unreadable files are skipped and make the exit code 1."""
-    from rich.progress import Progress
+    from segcli.devices import inference_device
+    from segcli.errors import ConfigError
+    from segcli.inference.loading import open_models
+    from segcli.inference.predict import OVERLAYS, collect_inputs, predict_files
 
-    from segcli.inference import InferenceOptions, open_model, select_device
-    from segcli.prediction import OVERLAYS, collect_inputs, predict_files
-
+    if probabilities not in (None, 8, 16):
+        raise ConfigError(f"--probabilities {probabilities}: write 8 or 16 (bits per value)")
     files = collect_inputs(inputs)
-    predictor = open_model(model, select_device(gpu, cpu))
-    options = InferenceOptions(batch_size=batch_size, tile=tile, overlap=overlap, flip_tta=tta is Tta.flip)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    with Progress(console=errors, transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task("predicting", total=len(files))
+    options = inference_options(batch_size, tile, overlap, tta, resize)
+    predictor = open_models([model, *(ensemble or [])], inference_device(gpu, cpu))
+    errors = stderr_console()
+    with ProgressReport("predicting") as progress:
+        progress.total(len(files))
 
         def done(path: Path, error: str | None) -> None:
             if error is not None:
-                errors.print(f"skipped {path}: {error}")
-            progress.advance(task)
+                errors.print(f"skipped {path}: {error}", markup=False)
+            progress.advance()
 
-        report = predict_files(predictor, files, output, options, overlay, on_done=done)
-
+        report = predict_files(predictor, files, output, options, overlay=overlay, probability_bits=probabilities,
+                               on_done=done)  # fmt: skip
+    for warning in report.warnings:
+        errors.print(f"warning: {warning}", markup=False)
     extra = f" and {len(report.overlays)} overlays to {output / OVERLAYS}" if overlay else ""
-    typer.echo(f"wrote {len(report.masks)} masks to {output}{extra} ({predictor.kind} {predictor.path})")
+    if probabilities:
+        extra += f", {len(report.probabilities)} probability maps"
+    count = len(report.masks)
+    typer.echo(f"wrote {count} mask{'s' if count != 1 else ''} to {output}{extra} ({predictor.kind} {predictor.path})")
     if report.skipped:
         typer.echo(
             f"{len(report.skipped)} of {len(files)} inputs could not be read and were skipped (listed above)", err=True
         )
-        raise typer.Exit(EXIT_SKIPPED)
+        raise typer.Exit(EXIT_PROBLEMS)

@@ -3,79 +3,102 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from segcli.cli.options import ClassesOpt, DatasetOpt, IgnoreIndexOpt
+from segcli.cli.common import (
+    BandsOpt,
+    ClassesOpt,
+    DatasetOpt,
+    ExperimentOpt,
+    IgnoreIndexOpt,
+    OfflineOpt,
+    OptionalConfigOpt,
+    resolve_experiment_option,
+    stderr_console,
+    stdout_console,
+)
 from segcli.errors import ConfigError, DatasetError
 
 
 def preview_samples(
     dataset: DatasetOpt = None,
     classes: ClassesOpt = None,
-    split: Annotated[str, typer.Option(help="Split to sample from.")] = "train",
-    count: Annotated[int, typer.Option("-n", "--count", min=1, help="Number of samples.")] = 4,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples (and augmentations).")] = 0,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment file, for --augmented.")] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Experiment name.")] = None,
+    split: Annotated[str, typer.Option(metavar="NAME", help="Split to sample from.")] = "train",
+    count: Annotated[int, typer.Option("-n", "--count", min=1, metavar="N", help="Number of samples.")] = 4,
+    seed: Annotated[int, typer.Option(metavar="N", help="Same seed, same samples (and augmentations).")] = 0,
+    config: OptionalConfigOpt = None,
+    experiment: ExperimentOpt = None,
     augmented: Annotated[
         bool, typer.Option("--augmented", help="Show the experiment's train transforms applied (what the model sees).")
     ] = False,
     ignore_index: IgnoreIndexOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("preview.png"),
+    bands: BandsOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="PNG file to write.")] = Path(
+        "preview.png"
+    ),
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log the samples to the W&B project.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Keep the W&B run offline.")] = False,
+    offline: OfflineOpt = False,
 ) -> None:
-    """Write a picture of random samples with their masks and a legend of every class."""
-    from segcli import env
-    from segcli.data.checks import check_dataset_cached, format_problems
-    from segcli.data.io import list_pairs
+    """Write a picture of random samples with their masks and a legend of every class.
+
+    A dataset that fails the check is drawn anyway (with a warning): values that are not classes get a
+    white colour and a legend entry of their own, so you can see what is wrong.
+    """
+    from segcli.config import env
+    from segcli.data.check_report import format_problems
+    from segcli.data.checks import check_dataset_cached
+    from segcli.data.io import label_lookup, list_pairs
     from segcli.data.samples import choose_pairs, load_samples
-    from segcli.data.visualize import render_grid
+    from segcli.drawing.colours import parse_bands
+    from segcli.drawing.pictures import render_grid
+    from segcli.files import save_image
 
     env.load_env_file()
     root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
-    resolved = None
-    if config is not None or experiment is not None:
-        if config is None or experiment is None:
-            raise ConfigError("--config and --experiment go together: name the experiment file and the experiment")
-        from segcli.config.loader import load_experiment_file, resolve_experiment
-
-        resolved = resolve_experiment(load_experiment_file(config), experiment, config)
-        if ignore_index is None:
-            ignore_index = resolved.ignore_index
+    resolved = resolve_experiment_option(config, experiment)
     if augmented and resolved is None:
         raise ConfigError(
             "--augmented shows an experiment's train transforms: also pass --config FILE --experiment NAME"
         )
+    label_map = resolved.label_map if resolved else None
+    if resolved is not None and ignore_index is None:
+        ignore_index = resolved.ignore_index
 
-    report = check_dataset_cached(root, [split], class_names, ignore_index)
-    if report.errors:
-        raise DatasetError(f"split '{split}' of {root} failed the dataset check:\n{format_problems(report.errors)}")
+    report = check_dataset_cached(root, [split], class_names, ignore_index, label_map=label_map)
     pairs = list_pairs(root, split)
-    channels = resolved.model.in_channels if resolved else 3
-    pipeline = mean_std = None
+    if not pairs:
+        raise DatasetError(
+            f"split '{split}' of {root} has no image/mask pairs to draw:\n{format_problems(report.errors)}"
+        )
+    if report.errors:
+        stderr_console().print(
+            f"warning: split '{split}' of {root} fails the dataset check ({len(report.errors)} problems); drawn "
+            f"anyway, values that are not classes in white:\n{format_problems(report.errors, limit=5)}",
+            markup=False,
+        )
+    channels = resolved.model.in_channels if resolved else report.splits[split].channels.most_common(1)[0][0]
+    pipeline = None
     if augmented:
-        from segcli.data.transforms import build_pipeline, normalization
+        from segcli.data.transforms import PixelStats, build_pipeline
 
-        specs = resolved.train_transforms
-        pipeline = build_pipeline(specs, f"experiment '{experiment}': train_transforms", channels, False, seed)
-        mean_std = normalization(specs, channels)
-    samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline, mean_std)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    render_grid(samples, class_names, ignore_index).save(output)
-    console = Console()
-    console.print(f"wrote {output} ({len(samples)} samples from {root}/{split})", highlight=False)
+        scale = PixelStats(report.splits[split].max_pixel_value())
+        normalization = {"mode": "image", "mean": None, "std": None, "max_pixel_value": scale.max_pixel_value}
+        where = f"experiment '{experiment}': train_transforms"
+        pipeline = build_pipeline(resolved.train_transforms, where, normalization, to_tensor=False, seed=seed)
+    samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
+                           label_lookup=label_lookup(label_map), bands=parse_bands(bands))  # fmt: skip
+    save_image(output, render_grid(samples, class_names, ignore_index))
+    console = stdout_console()
+    console.print(f"wrote {output} ({len(samples)} sample{'s' if len(samples) != 1 else ''} from {root}/{split})")
     if wandb:
-        import wandb as wandb_sdk
+        from segcli.training.tracking import init_run, quiet_wandb, wandb_images, wandb_mode
 
-        from segcli.training.wandb_logging import wandb_images, wandb_mode
-
+        quiet_wandb()
         project = env.wandb_project()
-        with wandb_sdk.init(project=project, job_type="preview", mode=wandb_mode(offline), dir=".") as run:
+        run, _ = init_run(mode=wandb_mode(offline), project=project, job_type="preview", dir=".")
+        with run:
             run.log({f"samples/{split}": wandb_images(samples, class_names, ignore_index)})
-            console.print(f"logged to W&B project {project}: {run.dir}", highlight=False)
+            console.print(f"logged to W&B project {project}: {run.dir}")

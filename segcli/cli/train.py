@@ -1,4 +1,4 @@
-"""`segcli train`: resolve one experiment and hand it to the training core."""
+"""`segcli train`: resolve experiments and hand them to the training core; print progress and summaries."""
 
 from __future__ import annotations
 
@@ -9,10 +9,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from segcli.cli.options import ClassesOpt, ConfigOpt, DatasetOpt, ExperimentsOpt
-from segcli.cli.output import stdout_console
-
-EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
+from segcli.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_PROBLEMS,
+    ClassesOpt,
+    ConfigOpt,
+    DatasetOpt,
+    ExperimentsOpt,
+    OfflineOpt,
+    duration,
+    fmt,
+    stdout_console,
+)
 
 
 def train(
@@ -23,45 +31,62 @@ def train(
     set_: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--set", help="Override any resolved key, type-checked: --set lr=3e-4 --set model.encoder_name=resnet50."
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override any resolved key, type-checked: --set lr=3e-4 --set model.encoder_name=resnet50.",
         ),
     ] = None,
     gpu: Annotated[
-        Optional[int], typer.Option(min=0, help="Train on cuda:N (overrides the experiment's `gpu`).")
+        Optional[int], typer.Option(min=0, metavar="N", help="Train on cuda:N (overrides the experiment's `gpu`).")
     ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is present.")] = False,
-    max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the experiment's max_epochs.")] = None,
+    max_epochs: Annotated[
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="Override max_epochs (with --resume: extend a finished run to N)."),
+    ] = None,
     output_dir: Annotated[
-        Path, typer.Option(help="Checkpoints go to OUTPUT_DIR/checkpoints/<run>, W&B files to OUTPUT_DIR/wandb.")
+        Path,
+        typer.Option(metavar="DIR", help="Checkpoints go to DIR/checkpoints/<run>, W&B files to DIR/wandb."),
     ] = Path("."),
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Keep the W&B run offline (`wandb sync` it later).")
-    ] = False,
+    offline: OfflineOpt = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue this run from its latest saved state (W&B run included).")
     ] = False,
     resume_from: Annotated[
-        Optional[Path], typer.Option("--resume-from", help="Continue from this state file (state_latest.ckpt).")
+        Optional[Path],
+        typer.Option("--resume-from", metavar="STATE", help="Continue from this state file (state_latest.ckpt)."),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the checkpoints of an earlier run of the same name.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the resolved experiment and the model summary; do not train.")
+        bool,
+        typer.Option("--dry-run", help="Run every check train makes and print the plan (experiment, model, data)."),
     ] = False,
+    folds: Annotated[
+        Optional[int],
+        typer.Option(min=2, metavar="K", help="k-fold cross-validation: K runs, each validated on one fold."),
+    ] = None,
+    folds_from: Annotated[
+        str,
+        typer.Option(metavar="all|train", help="Split train+val (all) or only train into the folds."),
+    ] = "all",
+    fold_groups: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="REGEX",
+            help="Keep images whose file names share this match in one fold, e.g. '^[^_]+' for CamVid's sequences.",
+        ),
+    ] = None,
 ) -> None:
-    """Train experiments: dataset check, Lightning training, W&B logging, checkpoints.
+    """Train experiments: dataset check, Lightning training, W&B logging, checkpoints and a run report.
 
     Repeat --experiment, or pass `--experiment all`, to run several one after another and compare them.
     """
-    from segcli import env
-    from segcli.config.loader import (
-        expand_experiments,
-        load_experiment_file,
-        override_suffix,
-        parse_overrides,
-        resolve_experiment,
-    )
+    from segcli.config import env
+    from segcli.config.loader import expand_experiments, load_experiment_file, parse_overrides, resolve_experiment
+    from segcli.config.naming import run_name
+    from segcli.errors import ConfigError
 
     env.load_env_file()
     file = load_experiment_file(config)
@@ -69,40 +94,58 @@ def train(
     overrides = parse_overrides(set_ or [])
     options_overrides = {key: value for key, value in (("max_epochs", max_epochs), ("gpu", gpu)) if value is not None}
     resolved = {name: resolve_experiment(file, name, config, {**overrides, **options_overrides}) for name in names}
-    run_names = {name: f"{config.stem}-{name}{override_suffix(overrides)}" for name in names}
-    if dry_run:
-        _print_dry_run(resolved, run_names)
-        return
+    run_names = {name: run_name(config, name, overrides) for name in names}
+    if folds_from not in ("all", "train"):
+        raise ConfigError(f"--folds-from {folds_from}: use `all` (train+val pooled) or `train`")
+    if folds is not None and len(names) > 1:
+        raise ConfigError("--folds trains one experiment K times; name one experiment")
     dataset_root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
 
     from segcli.training.run import RunOptions
+
+    def options_for(name: str) -> RunOptions:
+        return RunOptions(
+            dataset=dataset_root, class_names=class_names, run_name=run_names[name], experiment_name=name,
+            config_file=config, output_dir=output_dir, offline=offline, overwrite=overwrite, force_cpu=cpu,
+            progress=sys.stderr.isatty(), resume=resume, resume_from=resume_from, overrides=overrides,
+            on_epoch=None if sys.stderr.isatty() else _print_epoch, on_stop_request=_print_stop_request,
+        )  # fmt: skip
+
+    if dry_run:
+        _print_dry_run(resolved, options_for)
+        return
+    if folds is not None:
+        from segcli.training.folds import train_folds
+
+        name = names[0]
+        result = train_folds(resolved[name], options_for(name), folds=folds, source=folds_from, groups=fold_groups)
+        _print_folds(result, class_names)
+        return
+
     from segcli.training.run import train as run_training
 
-    def run_one(name: str):
-        return run_training(
-            resolved[name],
-            RunOptions(
-                dataset=dataset_root,
-                class_names=class_names,
-                run_name=run_names[name],
-                experiment_name=name,
-                config_file=config,
-                output_dir=output_dir,
-                offline=offline,
-                overwrite=overwrite,
-                force_cpu=cpu,
-                progress=sys.stderr.isatty(),
-                resume=resume,
-                resume_from=resume_from,
-                overrides=overrides,
-            ),
-        )
-
     if len(names) == 1:
-        _report(run_one(names[0]), class_names)
+        _report(run_training(resolved[names[0]], options_for(names[0])), class_names)
         return
-    _sweep(names, run_one, class_names)
+    _sweep(names, lambda name: run_training(resolved[name], options_for(name)), class_names)
+
+
+def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
+    """One plain line per epoch when stderr is not a terminal (nohup, a cluster's log file)."""
+    epoch, seconds = int(row["epoch"]), row["seconds"]
+    remaining = duration(seconds * (max_epochs - epoch))
+    line = (
+        f"epoch {epoch}/{max_epochs}: train loss {fmt(row.get('train/loss'))}, val loss {fmt(row.get('val/loss'))}, "
+        f"val mIoU {fmt(row.get('val/mIoU'))}, val mDCC {fmt(row.get('val/mDCC'))}, {duration(seconds)}, "
+        f"ETA {remaining}"
+    )
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _print_stop_request() -> None:
+    sys.stderr.write("\nstopping after this epoch (its state will be saved); press Ctrl-C again to abort now\n")
 
 
 def _report(result, class_names: list[str]) -> None:
@@ -110,9 +153,8 @@ def _report(result, class_names: list[str]) -> None:
         return
     if result.finished_before:
         stdout_console().print(
-            f"run {result.run_name} already finished ({result.epochs_run} epochs); nothing to resume. "
-            f"Checkpoints: {result.run_dir}",
-            highlight=False,
+            f"run {result.run_name} already finished ({result.epochs_run} epochs); nothing to resume "
+            f"(raise --max-epochs to train it further). Checkpoints: {result.run_dir}"
         )
         return
     _print_summary(result, class_names)
@@ -123,64 +165,66 @@ def _report(result, class_names: list[str]) -> None:
 
 def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
     """Run each experiment; a failure is reported and the others still run. Exit 1 if any failed."""
-    import traceback
+    from segcli.training.sweep import is_primary_process, run_sweep
 
-    from segcli.errors import SegcliError
+    primary = is_primary_process()
 
-    rows = []
-    for name in names:
-        typer.echo(f"== experiment {name} ({len(rows) + 1}/{len(names)})", err=True)
-        try:
-            result = run_one(name)
-        except SegcliError as exc:
-            typer.echo(f"error: experiment {name}: {exc}", err=True)
-            rows.append((name, None, f"failed: {str(exc).splitlines()[0]}"))
-            continue
-        except Exception:  # a bug in one run must not cost the others; its traceback is printed
-            traceback.print_exc()
-            rows.append((name, None, "failed: unexpected error (traceback above)"))
-            continue
-        if not result.primary:
-            return
-        _report(result, class_names)
-        rows.append((name, result, "ok"))
+    def started(name: str, index: int, total: int) -> None:
+        if primary:
+            typer.echo(f"== experiment {name} ({index + 1}/{total})", err=True)
+
+    def failed(name: str, message: str) -> None:
+        if primary:
+            typer.echo(message.rstrip(), err=True)
+
+    outcomes = run_sweep(names, run_one, on_start=started, on_failure=failed)
+    if not primary:
+        return
+    for outcome in outcomes:
+        if outcome.result is not None:
+            _report(outcome.result, class_names)
     table = Table(title="sweep: best validation scores")
     for column in ("experiment", "run", "best val/mIoU", "best val/mDCC", "best epoch", "time", "status"):
         table.add_column(column)
-    for name, result, status in rows:
+    for outcome in outcomes:
+        result = outcome.result
         if result is None:
-            table.add_row(name, "-", "-", "-", "-", "-", status)
+            table.add_row(outcome.name, "-", "-", "-", "-", "-", f"failed: {outcome.error}")
             continue
         best = result.best_metrics
-        epoch = "-" if result.best_epoch is None else str(result.best_epoch + 1)
-        cells = (_fmt(best.get("val/mIoU")), _fmt(best.get("val/mDCC")), epoch, f"{result.seconds:.0f} s")
-        table.add_row(name, result.run_name, *cells, status)
+        epoch = "-" if result.best_epoch is None else str(result.best_epoch)
+        cells = (fmt(best.get("val/mIoU")), fmt(best.get("val/mDCC")), epoch, duration(result.seconds))
+        table.add_row(outcome.name, result.run_name, *cells, "ok")
     stdout_console().print(table)
-    if any(status != "ok" for _, _, status in rows):
-        raise typer.Exit(1)
+    if any(outcome.result is None for outcome in outcomes):
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
-def _print_dry_run(resolved: dict, run_names: dict[str, str]) -> None:
+def _print_dry_run(resolved: dict, options_for) -> None:
     import yaml
 
-    from segcli.models.registry import create_model, size_multiple
+    from segcli.data.transforms import describe_normalization
+    from segcli.training.preflight import preflight
 
     console = stdout_console()
     for name, experiment in resolved.items():
-        console.print(f"# run {run_names[name]}", highlight=False)
-        console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False), highlight=False)
-        # No download for a summary: the architecture alone gives the parameter count and size multiple.
-        model = create_model(experiment.model.model_copy(update={"encoder_weights": None}))
-        parameters = sum(p.numel() for p in model.parameters())
+        options = options_for(name)
+        plan = preflight(experiment, dataset=options.dataset, class_names=options.class_names,
+                         experiment_name=name, force_cpu=options.force_cpu)  # fmt: skip
+        console.print(f"# run {options.run_name} -> {options.folder.path}")
+        console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
+        parameters = sum(p.numel() for p in plan.task.model.parameters())
         console.print(
             f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {parameters:,} parameters, "
-            f"input height and width must be multiples of {size_multiple(model)}",
-            highlight=False,
+            f"input height and width must be multiples of {plan.info.size_multiple}"
         )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.4f}"
+        console.print(f"# normalisation: {describe_normalization(plan.normalization)}")
+        train = plan.report.splits["train"]
+        depth = f"{train.dtype}" + (f", {train.bits_used}-bit values" if train.bits_used else "")
+        console.print(
+            f"# data: {len(plan.pairs['train'])} train / {len(plan.pairs['val'])} val pairs, {depth}, "
+            f"{plan.accelerator} ({plan.devices}); every check passed"
+        )
 
 
 def _print_summary(result, class_names: list[str]) -> None:
@@ -190,22 +234,62 @@ def _print_summary(result, class_names: list[str]) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("epochs run", f"{result.epochs_run}" + (" (early stop)" if result.stopped_early else ""))
-    table.add_row("best epoch", "-" if result.best_epoch is None else str(result.best_epoch + 1))
-    table.add_row("best val/mIoU", _fmt(best.get("val/mIoU")))
-    table.add_row("best val/mDCC", _fmt(best.get("val/mDCC")))
+    table.add_row("best epoch", "-" if result.best_epoch is None else str(result.best_epoch))
+    table.add_row("best val/mIoU", fmt(best.get("val/mIoU")))
+    table.add_row("best val/mDCC", fmt(best.get("val/mDCC")))
+    if "val_ema/mIoU" in best:
+        table.add_row("EMA val/mIoU (best epoch)", fmt(best.get("val_ema/mIoU")))
+    if result.average_metrics:
+        table.add_row("average_model val/mIoU", fmt(result.average_metrics.get("val_avg/mIoU")))
     table.add_row("parameters", f"{result.parameters:,}")
-    table.add_row("time", f"{result.seconds:.0f} s")
+    table.add_row("time", duration(result.seconds))
     for name, path in result.checkpoints.items():
         table.add_row(name, str(path))
+    if result.report_files:
+        table.add_row("report", ", ".join(path.name for path in result.report_files))
     if result.wandb_dir:
-        hint = f"  (offline: `wandb sync {result.wandb_dir}`)" if result.wandb_mode == "offline" else ""
-        table.add_row("W&B run", result.wandb_dir + hint)
+        table.add_row("W&B run", result.wandb_dir)
     console.print(table)
+    if result.wandb_mode == "offline" and result.wandb_dir:
+        console.print(f"the W&B run is offline; upload it with: wandb sync {result.wandb_dir}")
     if best:
-        per_class = Table(title="per class, best epoch", caption="NaN: absent from targets and predictions")
-        per_class.add_column("class")
-        per_class.add_column("IoU", justify="right")
-        per_class.add_column("Dice", justify="right")
-        for name in class_names:
-            per_class.add_row(name, _fmt(best.get(f"val/IoU/{name}")), _fmt(best.get(f"val/Dice/{name}")))
-        console.print(per_class)
+        _print_per_class(console, best, class_names, f"per class, best epoch ({result.best_epoch})")
+
+
+def _print_per_class(console, scores: dict, class_names: list[str], title: str) -> None:
+    absent = any(scores.get(f"val/IoU/{name}") != scores.get(f"val/IoU/{name}") for name in class_names)
+    per_class = Table(title=title, caption="-: absent from targets and predictions (left out of the means)"
+                      if absent else None)  # fmt: skip
+    per_class.add_column("class")
+    per_class.add_column("IoU", justify="right")
+    per_class.add_column("Dice", justify="right")
+    for name in class_names:
+        per_class.add_row(name, fmt(scores.get(f"val/IoU/{name}")), fmt(scores.get(f"val/Dice/{name}")))
+    console.print(per_class)
+
+
+def _print_folds(result, class_names: list[str]) -> None:
+    console = stdout_console()
+    table = Table(title=f"k-fold {result.run_name}: best validation scores per fold")
+    for column in ("fold", "run", "val images", "best val/mIoU", "best val/mDCC", "best epoch"):
+        table.add_column(column)
+    for fold in result.folds:
+        table.add_row(str(fold.index), fold.run_name, str(fold.val_images), fmt(fold.metrics.get("val/mIoU")),
+                      fmt(fold.metrics.get("val/mDCC")), str(fold.best_epoch or "-"))  # fmt: skip
+    table.add_section()
+    spread = {key: "{} ± {}".format(*map(fmt, result.summary[key])) for key in ("val/mIoU", "val/mDCC")}
+    table.add_row("mean ± std", "", "", spread["val/mIoU"], spread["val/mDCC"], "")
+    console.print(table)
+    per_class = Table(title="per class over the folds (mean ± std of the best epochs)")
+    for column in ("class", "IoU", "Dice"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name in class_names:
+        cells = []
+        for kind in ("IoU", "Dice"):
+            mean, std = result.summary[f"val/{kind}/{name}"]
+            cells.append(f"{fmt(mean)} ± {fmt(std)}")
+        per_class.add_row(name, *cells)
+    console.print(per_class)
+    console.print(f"folds, their split and this summary: {result.folder}")
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)

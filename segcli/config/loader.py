@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -116,14 +114,6 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     return overrides
-
-
-def override_suffix(overrides: dict[str, Any]) -> str:
-    """A short stable tag for a run name, so runs with different --set values do not collide."""
-    if not overrides:
-        return ""
-    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
-    return f"-set{digest[:6]}"
 
 
 def expand_experiments(file: ExperimentFile, names: list[str], path: Path) -> list[str]:

@@ -102,6 +102,57 @@ def _default_loss() -> LossConfig:
     return LossConfig(terms=[LossTerm(name="cross_entropy"), LossTerm(name="dice")])
 
 
+NormalizationMode = Literal["imagenet", "dataset", "image", "min_max"]
+
+
+class ExplicitNormalization(StrictModel):
+    """`(pixel / max_pixel_value - mean) / std` per channel, with your own values."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+    max_pixel_value: float | None = Field(None, gt=0)
+    """Default: the largest value of the images' bit depth (255 for 8-bit, 4095 for 12-bit data, ...)."""
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("every std must be positive")
+        return value
+
+
+class AverageConfig(StrictModel):
+    """SWA: an equal average of the weights after each epoch from `start_epoch` on (average_model.pth)."""
+
+    start_epoch: int | None = Field(None, ge=1)
+    """1-based; default: the epoch at 75% of max_epochs (the late, already good weights)."""
+    bn_batches: int | None = Field(None, ge=1)
+    """Train batches used to recompute BatchNorm statistics for the averaged weights (default: all)."""
+
+
+class EmaConfig(StrictModel):
+    """An exponential moving average of the weights, updated after every optimizer step (ema_model.pth)."""
+
+    decay: float = Field(0.999, gt=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    """Ramp the decay up over these steps ((1 + n) / (10 + n) until it reaches `decay`), so early
+    random weights fade quickly."""
+
+
+class PredictionLogging(StrictModel):
+    """A fixed, seeded set of validation images predicted after every `every` validations (W&B), and the
+    `worst` validation images at the best checkpoint when the run ends (W&B table, worst_predictions.png)."""
+
+    count: int = Field(4, ge=0)
+    every: int = Field(1, ge=1)
+    worst: int = Field(8, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_count(cls, value: Any) -> Any:
+        return {"count": value} if isinstance(value, int) else value
+
+
 class Experiment(StrictModel):
     """One resolved experiment: the top-level `model`, then `defaults`, then the experiment's own keys."""
 
@@ -132,6 +183,13 @@ class Experiment(StrictModel):
     """`ram`: decode the dataset once into shared memory used by every DataLoader worker."""
     train_transforms: list[TransformSpec] = Field(default_factory=list)
     val_transforms: list[TransformSpec] = Field(default_factory=list)
+    normalize: NormalizationMode | ExplicitNormalization = "imagenet"
+    """How pixels become model inputs, the same in train, val, predict, evaluate and exports."""
+    label_map: dict[int, int] | None = None
+    """Stored mask value -> class (or ignore_index), e.g. {255: 1} for 0/255 binary masks."""
+    average: AverageConfig | None = Field(default_factory=AverageConfig)
+    ema: EmaConfig | None = None
+    log_predictions: PredictionLogging = Field(default_factory=PredictionLogging)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
     early_stopping: EarlyStoppingConfig | None = None
@@ -157,7 +215,27 @@ class Experiment(StrictModel):
         weights = self.loss.class_weights
         if weights is not None and len(weights) != self.model.classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values but model.classes is {self.model.classes}")
+        if isinstance(self.normalize, ExplicitNormalization):
+            for key in ("mean", "std"):
+                values = getattr(self.normalize, key)
+                if len(values) not in (1, self.model.in_channels):
+                    raise ValueError(
+                        f"normalize.{key} has {len(values)} values but model.in_channels is "
+                        f"{self.model.in_channels}; give one value per channel (or one for all)"
+                    )
+        if self.average and self.average.start_epoch and self.average.start_epoch > self.max_epochs:
+            raise ValueError(
+                f"average.start_epoch {self.average.start_epoch} is after max_epochs {self.max_epochs}; "
+                "lower it, or set `average: null` to write no average_model.pth"
+            )
         return self
+
+    @property
+    def average_start(self) -> int | None:
+        """1-based first epoch of the weight average, or None without one."""
+        if self.average is None:
+            return None
+        return self.average.start_epoch or max(1, round(0.75 * self.max_epochs))
 
 
 class ExperimentFile(StrictModel):

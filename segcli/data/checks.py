@@ -1,112 +1,41 @@
-"""The dataset check: every problem in one pass, shared by `validate-dataset` and `train` (no torch).
+"""The dataset check: every problem in one pass, shared by `validate-dataset`, `train`, `evaluate` (no torch).
 
-Each image and mask is decoded exactly once, in parallel threads (cv2 and PIL release the GIL
-while decoding). Results stream into per-split counters, so memory does not grow with the dataset.
+Each image and mask is decoded exactly once, in parallel threads (the decoders release the GIL). Results
+stream into per-split counters, so memory does not grow with the dataset. Besides problems, the check
+measures what training needs to know about the images: dtype, the bit depth actually used, and
+per-channel mean/std (from every 4th row and column: the same figures to 3 digits, at a fraction of the
+cost of the decode).
+
+Longer than 300 lines: one pass over the files and every kind of problem it finds belong together;
+the report's data structures, cache and text live in check_report.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from segcli.data.io import IMAGES, LABELS, Pair, scan_folder
+from segcli.data.check_report import (
+    NAMES_KEPT,
+    WARNING,
+    DatasetReport,
+    Problem,
+    SplitStats,
+    fingerprint,
+    read_cached,
+    write_cached,
+)
+from segcli.data.io import IMAGES, LABELS, Pair, decode_image, label_lookup, map_labels, scan_folder
 
-ERROR, WARNING = "error", "warning"
-NAMES_KEPT = 5  # file names kept per group (values outside the classes, odd channel counts)
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str
-    split: str
-    file: str | None
-    detail: str
-    severity: str = ERROR
-
-
-@dataclass
-class SplitStats:
-    pairs: int = 0
-    class_pixels: list[int] = field(default_factory=list)
-    ignored_pixels: int = 0
-    image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
-    channels: Counter = field(default_factory=Counter)  # channel count -> images
-    channel_examples: dict[int, list[str]] = field(default_factory=dict)
-    bad_values: dict[int, list] = field(default_factory=dict)  # value -> [files, first names]
-    binary_255_masks: int = 0  # masks holding only 0 and 255: saved binary masks
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["image_sizes"] = [[h, w, n] for (h, w), n in sorted(self.image_sizes.items())]
-        data["channels"] = {str(c): n for c, n in sorted(self.channels.items())}
-        data["channel_examples"] = {str(c): names for c, names in self.channel_examples.items()}
-        data["bad_values"] = {str(v): entry for v, entry in sorted(self.bad_values.items())}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SplitStats:
-        return cls(
-            pairs=data["pairs"],
-            class_pixels=data["class_pixels"],
-            ignored_pixels=data["ignored_pixels"],
-            image_sizes=Counter({(h, w): n for h, w, n in data["image_sizes"]}),
-            channels=Counter({int(c): n for c, n in data["channels"].items()}),
-            channel_examples={int(c): names for c, names in data["channel_examples"].items()},
-            bad_values={int(v): entry for v, entry in data["bad_values"].items()},
-            binary_255_masks=data["binary_255_masks"],
-        )
-
-
-@dataclass
-class DatasetReport:
-    root: Path
-    class_names: list[str]
-    ignore_index: int | None
-    problems: list[Problem] = field(default_factory=list)
-    splits: dict[str, SplitStats] = field(default_factory=dict)
-    from_cache: bool = False
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == ERROR]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == WARNING]
-
-    def to_dict(self) -> dict:
-        kinds = Counter(p.kind for p in self.problems)
-        return {
-            "root": str(self.root),
-            "class_names": self.class_names,
-            "ignore_index": self.ignore_index,
-            "summary": {
-                "pairs": {split: stats.pairs for split, stats in self.splits.items()},
-                "errors": len(self.errors),
-                "warnings": len(self.warnings),
-                "by_kind": dict(sorted(kinds.items())),
-            },
-            "problems": [asdict(p) for p in self.problems],
-            "splits": {split: stats.to_dict() for split, stats in self.splits.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DatasetReport:
-        return cls(
-            root=Path(data["root"]),
-            class_names=data["class_names"],
-            ignore_index=data["ignore_index"],
-            problems=[Problem(**p) for p in data["problems"]],
-            splits={split: SplitStats.from_dict(s) for split, s in data["splits"].items()},
-        )
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+VOID_SHARE = 0.9  # a value just past the classes in this share of the masks looks like a void label
+STATS_STRIDE = 4
 
 
 @dataclass
@@ -114,52 +43,54 @@ class _PairResult:
     problems: list[Problem]
     size: tuple[int, int] | None = None  # (height, width)
     channels: int | None = None
+    dtype: str | None = None
+    max_value: float = 0.0
+    sums: np.ndarray | None = None  # per channel, over the sampled pixels
+    squares: np.ndarray | None = None
+    sampled: int = 0
     counts: np.ndarray | None = None
 
 
-def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | None) -> _PairResult:
-    import cv2
-    from PIL import Image
-
-    problems: list[Problem] = []
+def _inspect_image(pair: Pair, split: str, result: _PairResult) -> np.ndarray | None:
     data = pair.image.read_bytes()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if _complete(pair.image, data) else None
-    if image is None:
-        problems.append(
-            Problem("unreadable-image", split, pair.image.name, "cannot decode the image (corrupt or truncated?)")
-        )
+    try:
+        if not _complete(pair.image, data):
+            raise OSError("truncated")
+        image = decode_image(pair.image, data)
+    except OSError as exc:
+        detail = str(exc) if "TIFF" in str(exc) else "cannot decode the image (corrupt or truncated?)"
+        result.problems.append(Problem("unreadable-image", split, pair.image.name, detail))
+        return None
+    result.size, result.channels, result.dtype = image.shape[:2], image.shape[2], image.dtype.name
+    if image.dtype != np.uint8 and image.size:
+        result.max_value = float(np.nanmax(image))
+    sample = image[::STATS_STRIDE, ::STATS_STRIDE].reshape(-1, image.shape[2]).astype(np.float64)
+    result.sums, result.squares, result.sampled = sample.sum(0), np.square(sample).sum(0), len(sample)
+    return image
+
+
+def _inspect_pair(
+    pair: Pair, split: str, num_classes: int, ignore_index: int | None, lookup: np.ndarray | None
+) -> _PairResult:
+    result = _PairResult([])
+    problems = result.problems
+    image = _inspect_image(pair, split, result)
     try:
         with Image.open(pair.mask) as opened:
             opened.load()  # decode fully: a truncated file fails here, not in the middle of training
             mask = np.asarray(opened)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for undecodable files
         problems.append(Problem("unreadable-mask", split, pair.mask.name, f"cannot decode the mask ({exc})"))
-        mask = None
-    result = _PairResult(problems)
-    if image is not None:
-        result.size = image.shape[:2]
-        result.channels = 1 if image.ndim == 2 else image.shape[2]
-    if mask is None:
         return result
     if image is not None and mask.shape[:2] != image.shape[:2]:
-        problems.append(
-            Problem(
-                "size-mismatch",
-                split,
-                pair.mask.name,
-                f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]} (WxH)",
-            )
-        )
+        detail = f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]} (WxH)"
+        problems.append(Problem("size-mismatch", split, pair.mask.name, detail))
     if mask.ndim == 3:
-        problems.append(
-            Problem(
-                "mask-not-single-channel",
-                split,
-                pair.mask.name,
-                f"mask has {mask.shape[2]} channels: it looks colour-coded; convert it to one channel of class "
-                "indices (palette PNGs are read as indices)",
-            )
+        detail = (
+            f"mask has {mask.shape[2]} channels: it looks colour-coded; convert it to one channel of class "
+            "indices (palette PNGs are read as indices)"
         )
+        problems.append(Problem("mask-not-single-channel", split, pair.mask.name, detail))
         return result
     if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.bool_:
         problems.append(
@@ -169,24 +100,20 @@ def _inspect_pair(pair: Pair, split: str, num_classes: int, ignore_index: int | 
     if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
         problems.append(Problem("mask-values", split, pair.mask.name, f"negative values (minimum {mask.min()})"))
         return result
-    counts = np.bincount(mask.ravel(), minlength=num_classes)
+    counts = np.bincount(map_labels(mask, lookup).ravel(), minlength=num_classes)
     bad = [int(v) for v in np.flatnonzero(counts[num_classes:]) + num_classes if v != ignore_index]
     if bad:
-        problems.append(
-            Problem(
-                "mask-values",
-                split,
-                pair.mask.name,
-                "values " + ", ".join(map(str, bad)) + f" outside the classes 0..{num_classes - 1}",
-            )
-        )
+        detail = "values " + ", ".join(map(str, bad)) + f" outside the classes 0..{num_classes - 1}"
+        if pair.mask.suffix.lower() in JPEG_SUFFIXES:
+            detail += " (a JPEG mask: lossy compression invents values between labels; save masks as PNG)"
+        problems.append(Problem("mask-values", split, pair.mask.name, detail))
     result.counts = counts
     return result
 
 
 def _complete(path: Path, data: bytes) -> bool:
     """cv2 decodes a truncated JPEG into a half-grey picture without failing: look for its end marker."""
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    if path.suffix.lower() in JPEG_SUFFIXES:
         return b"\xff\xd9" in data[-1024:]
     return True
 
@@ -198,49 +125,76 @@ def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]
     files = {}
     for kind in (IMAGES, LABELS):
         if not (root / split / kind).is_dir():
-            problems.append(Problem("missing-split", split, None, f"folder {root / split / kind} does not exist"))
+            problems.append(Problem("missing-split", split, None, _missing_folder(root / split, kind)))
         folder = scan_folder(root, split, kind)
         files[kind] = folder.files
         for path in folder.not_images:
-            problems.append(Problem("not-an-image", split, path.name, f"{kind}/{path.name} is not an image file"))
+            detail = f"{kind}/{path.name} is not an image file (ignored)"
+            problems.append(Problem("not-an-image", split, path.name, detail, WARNING))
         for paths in folder.duplicates:
             detail = f"{kind}/ has {', '.join(p.name for p in paths)}: keep one file per stem"
             problems.append(Problem("duplicate-stem", split, paths[0].name, detail))
+        if folder.subfolders:
+            names = ", ".join(f"{p.name}/" for p in folder.subfolders[:NAMES_KEPT])
+            detail = f"{kind}/ has sub-folders ({names}) whose files are not read: segcli reads {split}/{kind}/* only"
+            problems.append(Problem("nested-folders", split, None, detail, WARNING))
     images, masks = files[IMAGES], files[LABELS]
-    for stem in sorted(images.keys() - masks.keys()):
-        name = images[stem].name
-        problems.append(Problem("image-without-mask", split, name, f"no labels/{stem}.* for images/{name}"))
-    for stem in sorted(masks.keys() - images.keys()):
-        name = masks[stem].name
-        problems.append(Problem("mask-without-image", split, name, f"no images/{stem}.* for labels/{name}"))
+    both_folders = all((root / split / kind).is_dir() for kind in (IMAGES, LABELS))
+    if both_folders:  # a missing folder is one problem, not one per file
+        for stem in sorted(images.keys() - masks.keys()):
+            name = images[stem].name
+            problems.append(Problem("image-without-mask", split, name, f"no labels/{stem}.* for images/{name}"))
+        for stem in sorted(masks.keys() - images.keys()):
+            name = masks[stem].name
+            problems.append(Problem("mask-without-image", split, name, f"no images/{stem}.* for labels/{name}"))
     pairs = [Pair(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
     if not images and not masks and not problems:
         problems.append(Problem("empty-split", split, None, f"{root / split} holds no images and no masks"))
     return problems, pairs
 
 
+def _missing_folder(split_dir: Path, kind: str) -> str:
+    """Name the folder that is there instead (masks/ for labels/, ...), so the fix is a rename."""
+    others = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in (IMAGES, LABELS))
+    detail = f"folder {split_dir / kind} does not exist"
+    if others:
+        detail += f"; found {', '.join(f'{name}/' for name in others)}: rename the one holding the {kind} to {kind}/"
+    return detail
+
+
 def _inspect_all(
-    work: list[tuple[str, Pair]], num_classes: int, ignore_index: int | None, workers: int
+    work: list[tuple[str, Pair]], num_classes: int, ignore_index: int | None, lookup, workers: int
 ) -> Iterator[tuple[str, Pair, _PairResult]]:
+    def inspect(item: tuple[str, Pair]) -> _PairResult:
+        return _inspect_pair(item[1], item[0], num_classes, ignore_index, lookup)
+
     if workers == 1:
-        for split, pair in work:
-            yield split, pair, _inspect_pair(pair, split, num_classes, ignore_index)
+        for item in work:
+            yield *item, inspect(item)
         return
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda item: _inspect_pair(item[1], item[0], num_classes, ignore_index), work)
-        for (split, pair), result in zip(work, results, strict=True):
-            yield split, pair, result
+        for item, result in zip(work, pool.map(inspect, work), strict=True):
+            yield *item, result
 
 
 def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, ignore_index: int | None) -> None:
     if result.size is not None:
         stats.image_sizes[result.size] += 1
         stats.channels[result.channels] += 1
+        stats.dtypes[result.dtype] += 1
+        stats.max_value = max(stats.max_value, result.max_value)
         examples = stats.channel_examples.setdefault(result.channels, [])
         if len(examples) < NAMES_KEPT:
             examples.append(pair.image.name)
+        if not stats.channel_sums:
+            stats.channel_sums, stats.channel_squares = [0.0] * result.channels, [0.0] * result.channels
+        if len(stats.channel_sums) == result.channels:
+            stats.channel_sums = [a + float(b) for a, b in zip(stats.channel_sums, result.sums, strict=True)]
+            stats.channel_squares = [a + float(b) for a, b in zip(stats.channel_squares, result.squares, strict=True)]
+            stats.sampled_pixels += result.sampled
     if result.counts is None:
         return
+    stats.masks_read += 1
     for value in range(num_classes):
         stats.class_pixels[value] += int(result.counts[value])
     if ignore_index is not None and num_classes <= ignore_index < len(result.counts):
@@ -257,7 +211,7 @@ def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, i
 
 
 def _summary_problems(report: DatasetReport) -> list[Problem]:
-    """Problems only visible across files: odd channel counts, 0/255 masks, classes never seen."""
+    """Problems only visible across files: odd channel counts, 0/255 masks, void labels, classes never seen."""
     problems = []
     num_classes = len(report.class_names)
     for split, stats in report.splits.items():
@@ -266,26 +220,27 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
             for channels, count in sorted(stats.channels.items()):
                 if channels != common:
                     names = ", ".join(stats.channel_examples.get(channels, []))
-                    problems.append(
-                        Problem(
-                            "channel-mismatch",
-                            split,
-                            None,
-                            f"{count} image(s) have {channels} channel(s) while {most} have {common}: {names}",
-                        )
-                    )
+                    detail = f"{count} image(s) have {channels} channel(s) while {most} have {common}: {names}"
+                    problems.append(Problem("channel-mismatch", split, None, detail))
         if stats.binary_255_masks:
-            files = stats.binary_255_masks
-            hint = "divide them by 255 so 255 becomes class 1" if num_classes == 2 else "255 is not a class"
-            problems.append(
-                Problem(
-                    "binary-255-masks",
-                    split,
-                    None,
-                    f"{files} mask(s) hold 0/255 values like saved binary masks: {hint}, "
-                    "or set --ignore-index 255 if 255 marks pixels to ignore",
-                )
+            hint = (
+                "map 255 to class 1 with `label_map: {255: 1}` in the experiment"
+                if num_classes == 2
+                else ("255 is not a class")
             )
+            detail = (
+                f"{stats.binary_255_masks} mask(s) hold 0/255 values like saved binary masks: {hint}, "
+                "or set --ignore-index 255 if 255 marks pixels to ignore"
+            )
+            problems.append(Problem("binary-255-masks", split, None, detail))
+        void = _void_label(stats, num_classes, report.ignore_index)
+        if void is not None:
+            detail = (
+                f"value {void} is in {stats.bad_values[void][0]} of {stats.masks_read} masks, just past the classes "
+                f"0..{num_classes - 1}: it looks like a void/unlabelled label; ignore it with `--ignore-index {void}` "
+                f"(`ignore_index: {void}` in the experiment)"
+            )
+            problems.append(Problem("mask-values", split, None, detail))
     train = report.splits.get("train")
     if train and train.pairs:
         for index, name in enumerate(report.class_names):
@@ -296,6 +251,27 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
     return problems
 
 
+def _void_label(stats: SplitStats, num_classes: int, ignore_index: int | None) -> int | None:
+    for value in (num_classes, 255):
+        entry = stats.bad_values.get(value)
+        if entry and value != ignore_index and stats.masks_read and entry[0] >= VOID_SHARE * stats.masks_read:
+            if value == 255 and stats.binary_255_masks:
+                continue  # 0/255 masks have their own hint
+            return value
+    return None
+
+
+def _jpeg_mask_warnings(split: str, pairs: list[Pair]) -> list[Problem]:
+    jpegs = [p.mask.name for p in pairs if p.mask.suffix.lower() in JPEG_SUFFIXES]
+    if not jpegs:
+        return []
+    detail = (
+        f"{len(jpegs)} mask(s) are JPEG ({', '.join(jpegs[:NAMES_KEPT])}): lossy compression changes label values "
+        "at edges; save masks as PNG"
+    )
+    return [Problem("jpeg-masks", split, None, detail, WARNING)]
+
+
 def check_dataset(
     root: Path,
     splits: Iterable[str],
@@ -304,19 +280,24 @@ def check_dataset(
     workers: int | None = None,
     on_total: Callable[[int], None] | None = None,
     on_pair: Callable[[], None] | None = None,
+    label_map: dict[int, int] | None = None,
 ) -> DatasetReport:
-    """Read every image and mask once and collect every problem; `on_*` feed a progress bar."""
+    """Read every image and mask once and collect every problem; `on_*` feed a progress bar.
+
+    `label_map` (stored value -> class) is applied to the masks before their values are checked.
+    """
     num_classes = len(class_names)
-    report = DatasetReport(root, list(class_names), ignore_index)
+    report = DatasetReport(root, list(class_names), ignore_index, label_map=label_map)
+    lookup = label_lookup(label_map)
     work: list[tuple[str, Pair]] = []
     for split in splits:
         problems, pairs = _layout_problems(root, split)
-        report.problems += problems
+        report.problems += problems + _jpeg_mask_warnings(split, pairs)
         report.splits[split] = SplitStats(pairs=len(pairs), class_pixels=[0] * num_classes)
         work += [(split, pair) for pair in pairs]
     if on_total:
         on_total(len(work))
-    for split, pair, result in _inspect_all(work, num_classes, ignore_index, workers or os.cpu_count() or 1):
+    for split, pair, result in _inspect_all(work, num_classes, ignore_index, lookup, workers or os.cpu_count() or 1):
         report.problems += result.problems
         _add(report.splits[split], pair, result, num_classes, ignore_index)
         if on_pair:
@@ -325,59 +306,20 @@ def check_dataset(
     return report
 
 
-# --- cache ----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    if os.environ.get("SEGCLI_CACHE_DIR"):
-        return Path(os.environ["SEGCLI_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
-
-
-def _fingerprint(root: Path, splits: Iterable[str], class_names: list[str], ignore_index: int | None) -> str:
-    """Hash of the settings and every file's name, size and mtime: any change means a new check."""
-    digest = hashlib.sha256(json.dumps([str(root.resolve()), list(splits), class_names, ignore_index]).encode())
-    for split in splits:
-        for kind in (IMAGES, LABELS):
-            folder = root / split / kind
-            if folder.is_dir():
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    stat = entry.stat()
-                    digest.update(f"{split}/{kind}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def check_dataset_cached(
-    root: Path, splits: Iterable[str], class_names: list[str], ignore_index: int | None = None, **kwargs
+    root: Path,
+    splits: Iterable[str],
+    class_names: list[str],
+    ignore_index: int | None = None,
+    label_map: dict[int, int] | None = None,
+    **kwargs,
 ) -> DatasetReport:
-    """check_dataset, reusing the stored report when no file changed since (train calls this)."""
+    """check_dataset, reusing the stored report when no file changed since (train, evaluate, previews)."""
     splits = list(splits)
-    key = _fingerprint(root, splits, class_names, ignore_index)
-    path = cache_dir() / f"{key}.json"
-    if path.is_file():
-        try:
-            report = DatasetReport.from_dict(json.loads(path.read_text()))
-            report.from_cache = True
-            return report
-        except (ValueError, KeyError, TypeError):
-            pass  # an unreadable cache entry is simply recomputed
-    report = check_dataset(root, splits, class_names, ignore_index, **kwargs)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(report.to_dict()))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs the next run a re-check
+    settings = [class_names, ignore_index, sorted((label_map or {}).items())]
+    key = fingerprint(root, splits, settings)
+    report = read_cached(key)
+    if report is None:
+        report = check_dataset(root, splits, class_names, ignore_index, label_map=label_map, **kwargs)
+        write_cached(key, report)
     return report
-
-
-def format_problems(problems: list[Problem], limit: int = 20) -> str:
-    """Plain text, one line per problem, grouped by kind."""
-    lines = []
-    for problem in sorted(problems, key=lambda p: (p.kind, p.split, p.file or ""))[:limit]:
-        where = f"{problem.split}/{problem.file}" if problem.file else problem.split
-        lines.append(f"  [{problem.kind}] {where}: {problem.detail}")
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more (run `segcli validate-dataset` for the full report)")
-    return "\n".join(lines)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from segcli.data.io import Pair, read_image, read_mask
+from segcli.data.io import Pair, map_labels, read_image, read_mask
 
 
 def derived_seed(*parts: int) -> int:
@@ -28,14 +30,13 @@ class RamCache:
     """
 
     def __init__(self, pairs: Sequence[Pair], in_channels: int, workers: int = 4):
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max(1, workers)) as pool:
             decoded = list(pool.map(lambda p: (read_image(p.image, in_channels), read_mask(p.mask)), pairs))
         self.image_shapes = [image.shape for image, _ in decoded]
         self.mask_shapes = [mask.shape for _, mask in decoded]
+        image_dtype = np.result_type(*(image.dtype for image, _ in decoded)) if decoded else np.uint8
         mask_dtype = np.result_type(*(mask.dtype for _, mask in decoded)) if decoded else np.uint8
-        self.images = self._pack([image for image, _ in decoded], np.uint8)
+        self.images = self._pack([image for image, _ in decoded], image_dtype)
         self.masks = self._pack([mask for _, mask in decoded], mask_dtype)
 
     @staticmethod
@@ -47,9 +48,10 @@ class RamCache:
         return torch.from_numpy(flat).share_memory_(), offsets
 
     @staticmethod
-    def estimate_bytes(image_sizes, in_channels: int) -> int:
-        """From the dataset check's (height, width) counts: uint8 pixels, one-byte labels."""
-        return sum(count * height * width * (in_channels + 1) for (height, width), count in image_sizes.items())
+    def estimate_bytes(image_sizes, in_channels: int, bytes_per_value: int = 1) -> int:
+        """From the dataset check's (height, width) counts and the images' bytes per value; one-byte labels."""
+        per_pixel = in_channels * bytes_per_value + 1
+        return sum(count * height * width * per_pixel for (height, width), count in image_sizes.items())
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         (images, image_offsets), (masks, mask_offsets) = self.images, self.masks
@@ -65,13 +67,22 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(
-        self, pairs: Sequence[Pair], transform, in_channels: int = 3, seed: int = 0, cache: RamCache | None = None
+        self,
+        pairs: Sequence[Pair],
+        transform,
+        *,
+        in_channels: int = 3,
+        seed: int = 0,
+        cache: RamCache | None = None,
+        label_lookup: np.ndarray | None = None,
     ):
         self.pairs = list(pairs)
         self.transform = transform
         self.in_channels = in_channels
         self.seed = seed
         self.cache = cache
+        self.label_lookup = label_lookup
+        """`label_map` as a table (stored mask value -> class), applied before the transforms."""
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -84,13 +95,11 @@ class SegmentationDataset(Dataset):
             pair = self.pairs[index]
             image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
         self.transform.set_random_seed(derived_seed(self.seed, epoch, index))
-        out = self.transform(image=image, mask=mask)
+        out = self.transform(image=image, mask=map_labels(mask, self.label_lookup))
         return out["image"], out["mask"].long()
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -1,13 +1,24 @@
-"""Dataset layout and file reading, shared by the dataset check and the training dataset (no torch)."""
+"""Dataset layout and file reading, shared by the dataset check, training, previews and inference (no torch).
+
+Images are read at their full depth: 8- and 16-bit PNG/JPEG/BMP through OpenCV (the fastest decoder for
+the common case), TIFF through tifffile, which reads any number of bands, planar or interleaved, integer
+or float, and every page (OpenCV reads at most 4 channels of the first page and mangles more). A
+multi-page TIFF is read as bands, one page each; it is never silently cut to its first page.
+"""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+import tifffile
+from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGES, LABELS = "images", "labels"
 
 
@@ -28,16 +39,19 @@ class Folder:
     files: dict[str, Path]
     not_images: list[Path]
     duplicates: list[list[Path]]  # several images sharing a stem (a.png and a.jpg)
+    subfolders: list[Path]  # nested folders: segcli reads one level only
 
 
 def scan_folder(root: Path, split: str, kind: str) -> Folder:
     folder = root / split / kind
     if not folder.is_dir():
-        return Folder({}, [], [])
-    entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return Folder({}, [], [], [])
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     by_stem: dict[str, list[Path]] = {}
     not_images = []
     for path in entries:
+        if not path.is_file():
+            continue
         if path.suffix.lower() in IMAGE_SUFFIXES:
             by_stem.setdefault(path.stem, []).append(path)
         else:
@@ -46,6 +60,7 @@ def scan_folder(root: Path, split: str, kind: str) -> Folder:
         files={stem: paths[0] for stem, paths in by_stem.items()},
         not_images=not_images,
         duplicates=[paths for paths in by_stem.values() if len(paths) > 1],
+        subfolders=[p for p in entries if p.is_dir()],
     )
 
 
@@ -61,22 +76,106 @@ def list_pairs(root: Path, split: str) -> list[Pair]:
     return [Pair(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
 
 
-def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """HxWxC uint8, RGB for 3 channels. cv2 decodes PNG/JPEG ~1.4x faster than PIL."""
-    import cv2
+# --- images ---------------------------------------------------------------------------------------
 
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag)
+
+def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
+    """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _decode_tiff(path, data)
+    if data is None:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    else:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise OSError(f"cannot decode image {path}")
-    if channels == 1:
+        raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)")
+    if image.ndim == 2:
         return image[:, :, None]
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+def _decode_tiff(path: Path, data: bytes | None) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(io.BytesIO(data) if data is not None else path) as tiff:
+            series = tiff.series
+            if len(series) == 1:
+                array, axes = series[0].asarray(), series[0].axes
+            else:  # one series per page: pages are the bands when they share a shape
+                shapes = {s.shape for s in series}
+                if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+                    raise OSError(
+                        f"multi-page TIFF {path.name} has {len(series)} pages of shapes {sorted(shapes)}; "
+                        "segcli reads pages as bands, which must all be single-channel of one size"
+                    )
+                array, axes = np.stack([s.asarray() for s in series]), "SYX"
+    except (ValueError, KeyError, tifffile.TiffFileError) as exc:
+        detail = str(exc).splitlines()[0][:200]
+        if "imagecodecs" in detail:
+            detail += " (pip install imagecodecs)"
+        raise OSError(f"cannot decode TIFF {path.name}: {detail}") from None
+    return _to_hwc(array, axes, path)
+
+
+def _to_hwc(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """tifffile's axes (YX, YXS, SYX, CYX, QYX, ...) -> HxWxC."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3 and axes.endswith("YX"):  # planar / pages first
+        return np.ascontiguousarray(np.moveaxis(array, 0, -1))
+    if array.ndim == 3 and axes[:2] == "YX":
+        return array
+    raise OSError(f"cannot read TIFF {path.name}: {array.ndim}-D data with axes {axes} (expected bands of one image)")
+
+
+def adapt_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
+    """Give the model the channel count it takes: RGB from grey (repeat), grey from RGB (luma), RGB from RGBA."""
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if channels == 3 and have == 1:
+        return np.repeat(image, 3, axis=2)
+    if channels == 3 and have == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    if channels == 1 and have in (3, 4):
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
+    raise OSError(f"{name} has {have} channel(s) but the model takes {channels} (model.in_channels)")
+
+
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """HxWxC at full depth with the model's channel count."""
+    return adapt_channels(decode_image(path), channels, path.name)
+
+
+# --- masks ---------------------------------------------------------------------------------------
 
 
 def read_mask(path: Path) -> np.ndarray:
     """Label values as stored. PIL keeps palette PNGs as class indices (cv2 would expand them to colour)."""
-    from PIL import Image
-
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        image = decode_image(path)
+        return image[:, :, 0] if image.shape[2] == 1 else image
     with Image.open(path) as mask:
         return np.array(mask)  # a writable copy: torch warns on read-only arrays
+
+
+def label_lookup(label_map: dict[int, int] | None, max_value: int = 65535) -> np.ndarray | None:
+    """A table stored value -> class for `label_map` (identity elsewhere), or None without a map."""
+    if not label_map:
+        return None
+    table = np.arange(max_value + 1, dtype=np.int64)
+    for stored, label in label_map.items():
+        table[stored] = label
+    return table
+
+
+def map_labels(mask: np.ndarray, lookup: np.ndarray | None) -> np.ndarray:
+    if lookup is None or not np.issubdtype(mask.dtype, np.integer) or mask.size == 0:
+        return mask
+    if mask.min() < 0 or mask.max() >= len(lookup):
+        return mask  # values the table cannot hold are left for the check to report
+    mapped = lookup[mask]
+    return mapped.astype(np.uint8) if mapped.max(initial=0) < 256 and mapped.min(initial=0) >= 0 else mapped

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 DEMO_CLASSES = ("background", "disc", "square", "triangle")
 
 
 def _shape_mask(kind: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    import cv2
-
     height, width = size
     canvas = np.zeros(size, np.uint8)
     radius = int(rng.integers(min(size) // 10, min(size) // 4))
@@ -53,8 +52,6 @@ def make_dataset(
     seed: int = 0,
 ) -> Path:
     """Write <root>/{train,val}/{images,labels}/*.png; the same seed gives the same files."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
         (root / split / "images").mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,29 @@
-"""Transform registry: experiment `{name, params}` entries -> one Albumentations Compose."""
+"""Transforms: experiment `{name, params}` entries -> one Albumentations Compose, and the normalisation.
+
+Normalisation has one source of truth, the experiment's `normalize:` key, resolved once into a plain
+dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_image` applies
+it, in the training pipelines (as their last step) and in inference alike, always giving float32.
+"""
 
 from __future__ import annotations
 
 import inspect
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
-from segcli.config.schema import TransformSpec
+import albumentations as A
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+from segcli.config.schema import ExplicitNormalization, TransformSpec
 from segcli.errors import ConfigError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PER_IMAGE_MODES = ("image", "min_max")
 
 
 def snake_case(class_name: str) -> str:
@@ -23,8 +35,6 @@ def snake_case(class_name: str) -> str:
 @cache
 def transform_registry() -> dict[str, type]:
     """Every Albumentations transform, by class name and by snake_case alias."""
-    import albumentations as A
-
     registry: dict[str, type] = {}
     for class_name in dir(A):
         cls = getattr(A, class_name)
@@ -61,6 +71,12 @@ def build_transform(spec: TransformSpec, where: str):
         cls = lookup_transform(spec.name)
     except KeyError as exc:
         raise ConfigError(f"{where}.name: {exc.args[0]}") from None
+    if cls.__name__ == "Normalize":
+        raise ConfigError(
+            f"{where}: normalisation is not a transform of one list; set it once for training, validation and "
+            "inference with the experiment key `normalize:` (imagenet, dataset, image, min_max, or "
+            "{mean: [...], std: [...], max_pixel_value: ...}) and remove this entry"
+        )
     accepted = _accepted_params(cls)
     if accepted is not None:
         unknown = sorted(set(spec.params) - accepted)
@@ -77,43 +93,129 @@ def build_transform(spec: TransformSpec, where: str):
         raise ConfigError(f"{where}.params: invalid parameters for {spec.name}: {detail}") from None
 
 
-def is_normalize(spec: TransformSpec) -> bool:
-    return lookup_transform(spec.name).__name__ == "Normalize"
+# --- normalisation ------------------------------------------------------------------------------
 
 
-def normalization(specs: Sequence[TransformSpec], in_channels: int) -> tuple[list[float], list[float]]:
-    """The mean/std the pipeline normalises with: the user's Normalize, else the encoder's (ImageNet)."""
-    for spec in specs:
-        if is_normalize(spec):
-            mean = spec.params.get("mean", IMAGENET_MEAN)
-            std = spec.params.get("std", IMAGENET_STD)
-            return _per_channel(mean, in_channels), _per_channel(std, in_channels)
-    return _per_channel(IMAGENET_MEAN, in_channels), _per_channel(IMAGENET_STD, in_channels)
+@dataclass(frozen=True)
+class PixelStats:
+    """What the dataset check measured over the training images: the scale and, per channel, mean and std
+    in units of `max_pixel_value`."""
+
+    max_pixel_value: float
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
-def _per_channel(values, channels: int) -> list[float]:
-    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+def _per_channel(values: Sequence[float], channels: int, key: str) -> list[float]:
+    values = [float(v) for v in values]
     if len(values) == channels:
         return values
-    return [sum(values) / len(values)] * channels
+    if len(values) == 1:
+        return values * channels
+    raise ConfigError(f"normalize: {key} has {len(values)} values but model.in_channels is {channels}")
+
+
+def resolve_normalization(normalize: Any, in_channels: int, stats: PixelStats) -> dict[str, Any]:
+    """The experiment's `normalize` -> the stored form {mode, mean, std, max_pixel_value}."""
+    if isinstance(normalize, ExplicitNormalization):
+        return {
+            "mode": "explicit",
+            "mean": _per_channel(normalize.mean, in_channels, "mean"),
+            "std": _per_channel(normalize.std, in_channels, "std"),
+            "max_pixel_value": float(normalize.max_pixel_value or stats.max_pixel_value),
+        }
+    if normalize in PER_IMAGE_MODES:
+        return {"mode": normalize, "mean": None, "std": None, "max_pixel_value": stats.max_pixel_value}
+    if normalize == "dataset":
+        if stats.mean is None or stats.std is None:
+            raise ConfigError("normalize: dataset needs the training images' statistics, and none were measured")
+        std = [max(value, 1e-6) for value in stats.std]
+        return {"mode": "dataset", "mean": list(stats.mean), "std": std, "max_pixel_value": stats.max_pixel_value}
+    if in_channels not in (1, 3):
+        raise ConfigError(
+            f"normalize: imagenet has values for RGB (or grey) images but model.in_channels is {in_channels}; "
+            "use `normalize: dataset` (mean/std per band measured over your training images)"
+        )
+    mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3]
+    std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3]
+    return {"mode": "imagenet", "mean": list(mean), "std": list(std), "max_pixel_value": stats.max_pixel_value}
+
+
+def to_unit_range(image: np.ndarray, max_pixel_value: float) -> np.ndarray:
+    """Pixels as the augmentations expect them: uint8 as it is, anything else float32 in 0..1."""
+    if image.dtype == np.uint8 and max_pixel_value == 255:
+        return image
+    return np.multiply(image, np.float32(1.0 / max_pixel_value), dtype=np.float32)
+
+
+def normalize_unit(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A `to_unit_range` image (after augmentation) -> float32 model input, exactly as `spec` says."""
+    pixels = np.multiply(image, np.float32(1 / 255), dtype=np.float32) if image.dtype == np.uint8 else image
+    if spec["mode"] == "image":  # per image and channel: zero mean, unit variance
+        mean = pixels.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+        std = np.maximum(pixels.std(axis=(0, 1), dtype=np.float64), 1e-6).astype(np.float32)
+        return (pixels - mean) / std
+    if spec["mode"] == "min_max":  # per image: 0..1 over all channels (keeps colour ratios)
+        low, high = float(pixels.min()), float(pixels.max())
+        return ((pixels - np.float32(low)) / np.float32(max(high - low, 1e-6))).astype(np.float32)
+    std = np.asarray(spec["std"], np.float32)
+    out = pixels - np.asarray(spec["mean"], np.float32)
+    out /= std
+    return out
+
+
+def normalize_image(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """HxWxC pixels of any depth -> float32 model input: what training's pipelines do, without augmentation."""
+    return normalize_unit(to_unit_range(image, spec["max_pixel_value"]), spec)
+
+
+def describe_normalization(spec: dict[str, Any]) -> str:
+    """One line for --dry-run and summaries."""
+    if spec["mode"] in PER_IMAGE_MODES:
+        what = "each channel to mean 0, std 1" if spec["mode"] == "image" else "its range to 0..1"
+        return f"{spec['mode']}: every image rescales {what}"
+    values = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(spec["mean"], spec["std"], strict=True))
+    return f"{spec['mode']}: (pixel / {spec['max_pixel_value']:g} - mean) / std, mean/std per channel {values}"
+
+
+class UnitRange(A.ImageOnlyTransform):
+    """First step of every pipeline: pixels to the augmentations' range (`to_unit_range`)."""
+
+    def __init__(self, normalization: dict[str, Any]) -> None:
+        super().__init__(p=1.0)
+        self.normalization = normalization
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return to_unit_range(img, self.normalization["max_pixel_value"])
+
+
+class Normalization(A.ImageOnlyTransform):
+    """Last image step of the training pipelines: `normalize_unit`, the same code inference uses."""
+
+    def __init__(self, normalization: dict[str, Any]) -> None:
+        super().__init__(p=1.0)
+        self.normalization = normalization
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return normalize_unit(img, self.normalization)
 
 
 def build_pipeline(
-    specs: Sequence[TransformSpec], where: str, in_channels: int, to_tensor: bool = True, seed: int | None = None
+    specs: Sequence[TransformSpec],
+    where: str,
+    normalization: dict[str, Any],
+    to_tensor: bool = True,
+    seed: int | None = None,
 ):
-    """Compose the listed transforms, append Normalize unless present, then convert to tensors.
+    """Compose: pixels to 0..1 (8-bit stays uint8), the listed transforms, the normalisation, tensors.
 
-    Albumentations draws from the Compose's own generator (global seeds have no effect), so
-    `seed` is what makes augmentations reproducible.
+    With `to_tensor=False` (previews) the last step is left out too: the images stay displayable.
+
+    Albumentations draws from the Compose's own generator (global seeds have no effect), so `seed` is
+    what makes augmentations reproducible.
     """
-    import albumentations as A
-
-    transforms = [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
-    if not any(is_normalize(spec) for spec in specs):
-        mean, std = normalization(specs, in_channels)
-        transforms.append(A.Normalize(mean=mean, std=std))
+    transforms = [UnitRange(normalization)]
+    transforms += [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
     if to_tensor:
-        from albumentations.pytorch import ToTensorV2  # imports torch: only where tensors are wanted
-
-        transforms.append(ToTensorV2())
+        transforms += [Normalization(normalization), ToTensorV2()]
     return A.Compose(transforms, seed=seed)

@@ -1,4 +1,9 @@
-"""The LightningModule every command shares: model, loss, epoch metrics, optimizers."""
+"""The LightningModule every command shares: model, loss, epoch metrics, optimizers.
+
+Built once: `configure_models/losses/metrics` are segcli's own names (torchgeo's), deliberately not
+Lightning's `configure_model` hook, which Lightning would call again inside `trainer.fit` and so build
+a second model (pretrained weights loaded twice, the seed no longer deciding the start weights).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,19 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 
 from segcli.config.schema import Experiment
 from segcli.errors import TrainingDivergedError
 from segcli.models import registry
-from segcli.training.metrics import ConfusionMatrix, epoch_metrics
+from segcli.models.losses import build_loss
+from segcli.models.metrics import ConfusionMatrix, epoch_metrics, predictions
+from segcli.models.optim import build_optimizer, build_scheduler, is_plateau
 
 STAGES = ("train", "val")
-
-
-def predictions(logits: torch.Tensor) -> torch.Tensor:
-    """Class per pixel. `max(1).indices` picks the same first maximum as argmax(1), ~7x faster on CPU."""
-    return logits.max(1).indices
+FINITE_CHECK_EVERY = 50
+"""On a GPU the loss is checked for NaN/inf every this many steps (and at every epoch end), not every step:
+a per-step check would make the CPU wait for the GPU. On the CPU it is checked at every step."""
 
 
 class SegmentationTask(pl.LightningModule):
@@ -29,11 +35,11 @@ class SegmentationTask(pl.LightningModule):
         self.save_hyperparameters()
         self.experiment = Experiment.model_validate(experiment)
         self.class_names = list(class_names)
-        self.configure_model()
+        self.configure_models()
         self.configure_losses()
         self.configure_metrics()
 
-    def configure_model(self) -> None:
+    def configure_models(self) -> None:
         self.model = registry.create_model(self.experiment.model)
         if self.experiment.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -41,68 +47,117 @@ class SegmentationTask(pl.LightningModule):
             self.model.compile()  # in place: state_dict keys stay those of the plain model
 
     def configure_losses(self) -> None:
-        self.criterion = registry.build_loss(self.experiment.loss, self.experiment.ignore_index)
+        self.criterion = build_loss(self.experiment.loss, self.experiment.ignore_index, self.binary)
 
     def configure_metrics(self) -> None:
         # Keyed "<stage>_matrix": a ModuleDict key "train" would clash with Module.train().
-        self.confusion = nn.ModuleDict(
-            {
-                f"{stage}_matrix": ConfusionMatrix(self.experiment.model.classes, self.experiment.ignore_index)
-                for stage in STAGES
-            }
-        )
+        self.confusion = nn.ModuleDict({f"{stage}_matrix": self.new_confusion_matrix() for stage in STAGES})
+        self.last_val_matrix: torch.Tensor | None = None
+        self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+
+    @property
+    def binary(self) -> bool:
+        return self.experiment.model.classes == 1
+
+    def new_confusion_matrix(self) -> ConfusionMatrix:
+        return ConfusionMatrix(len(self.class_names), self.experiment.ignore_index)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.experiment.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self(images)
         loss = self.criterion(logits, masks)
-        if stage == "train" and not torch.isfinite(loss):
-            # Stop before backward(): the weights are still the last good ones, and no checkpoint is written.
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step}; "
-                "lower `lr`, use `precision: 32`, or check the data. ckpt_best.pth and average_model.pth are "
-                "untouched; `--resume` continues from the last completed epoch"
-            )
-        self.confusion[f"{stage}_matrix"].update(predictions(logits.detach()), masks)
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True
-        )
+        self._watch_for_divergence(loss)
+        self._accumulate("train", logits, masks, loss)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, masks = batch
+        logits = self(images)
+        self._accumulate("val", logits, masks, self.criterion(logits, masks))
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def _accumulate(self, stage: str, logits: torch.Tensor, masks: torch.Tensor, loss: torch.Tensor) -> None:
+        self.confusion[f"{stage}_matrix"].update(predictions(logits.detach()), masks)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(masks),
+                 sync_dist=True)  # fmt: skip
+
+    def _watch_for_divergence(self, loss: torch.Tensor) -> None:
+        """Stop on a NaN/inf loss, before backward() on the CPU; on a GPU without a per-step synchronisation."""
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.global_step, self.first_bad_step)
+        if loss.device.type == "cpu" or self.global_step % FINITE_CHECK_EVERY == 0:
+            self.raise_if_diverged()
+
+    def raise_if_diverged(self) -> None:
+        step = int(self.first_bad_step)
+        if step < 0:
+            return
+        raise TrainingDivergedError(
+            f"the training loss became NaN or infinite at epoch {self.current_epoch + 1}, step {step}; lower `lr`, "
+            "use `precision: 32`, or check the data. No checkpoint was written from the broken weights; "
+            "`--resume` continues from the last completed epoch"
+        )
 
     def _log_epoch_scores(self, stage: str) -> None:
         # compute() sums the matrix over processes before any ratio is taken.
         confusion = self.confusion[f"{stage}_matrix"]
         matrix = confusion.compute()
         confusion.reset()
-        metrics = epoch_metrics(matrix, stage, self.class_names)
-        headline = {key: metrics.pop(key) for key in (f"{stage}/mIoU", f"{stage}/mDCC")}
+        if int(matrix.sum()) == 0:
+            return  # nothing accumulated (e.g. the epoch-end hook of a resumed epoch): no row of NaN
+        if stage == "val":
+            self.last_val_matrix = matrix.detach().cpu().clone()
+        self.log_scores(epoch_metrics(matrix, stage, self.class_names, self.binary))
+
+    def log_scores(self, metrics: dict[str, float]) -> None:
+        """Log epoch metrics; the headline means also go to the progress bar."""
+        headline = {key: value for key, value in metrics.items() if key.endswith(("/mIoU", "/mDCC"))}
         # Already summed over processes; sync_dist only averages identical values (and silences Lightning).
         self.log_dict(headline, prog_bar=True, sync_dist=True)
-        self.log_dict(metrics, sync_dist=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in headline}, sync_dist=True)
+        # W&B's `epoch` column counts from 1, like everything segcli shows (Lightning would log its 0-based one).
+        self.log("epoch", float(self.current_epoch + 1), sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
+        self.raise_if_diverged()
         self._log_epoch_scores("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_scores("val")
+        if not self.trainer.sanity_checking:
+            self._log_epoch_scores("val")
+        else:
+            self.confusion["val_matrix"].reset()
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module, loader) -> tuple[float, torch.Tensor]:
+        """(mean loss, confusion matrix) of `model` over `loader` in eval mode, summed over processes.
+
+        Used for the weight averages, which are scored on the validation split like the live model.
+        """
+        was_training = model.training
+        model.eval()
+        confusion = self.new_confusion_matrix().to(self.device)
+        mean_loss = MeanMetric().to(self.device)
+        for images, masks in loader:
+            images, masks = images.to(self.device), masks.to(self.device)
+            if self.experiment.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            logits = model(images)
+            mean_loss.update(self.criterion(logits, masks), len(masks))
+            confusion.update(predictions(logits), masks)
+        model.train(was_training)
+        return float(mean_loss.compute()), confusion.compute().cpu()
 
     def configure_optimizers(self):
-        optimizer = registry.build_optimizer(self.experiment.optimizer, self.parameters(), self.experiment.lr)
+        optimizer = build_optimizer(self.experiment.optimizer, self.parameters(), self.experiment.lr)
         cfg = self.experiment.scheduler
         if cfg is None:
             return optimizer
-        scheduler = {"scheduler": registry.build_scheduler(cfg, optimizer), "interval": cfg.interval}
-        if registry.is_plateau(cfg):
+        scheduler = {"scheduler": build_scheduler(cfg, optimizer), "interval": cfg.interval}
+        if is_plateau(cfg):
             scheduler["monitor"] = cfg.monitor or "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -243,12 +243,12 @@ def test_bad_input(case: Case, tiny_dataset, in_tmp_cwd, restore_environ, capsys
 def test_disk_full_while_saving_is_clear_and_writes_no_checkpoint(
     tiny_dataset, in_tmp_cwd, restore_environ, capsys, monkeypatch
 ):
-    import segcli.training.checkpoints as checkpoints
+    import torch
 
     def full_disk(payload, stream):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     (in_tmp_cwd / "tiny.yaml").write_text(experiment_file())
     argv = ["train", "-c", "tiny.yaml", "-e", "exp", "--dataset", str(tiny_dataset), "--classes", DEMO_CLASSES]
     code, out, err = _run_main([*argv, "--output-dir", "out"], capsys)

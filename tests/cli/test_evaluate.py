@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from segcli.data.synthetic import make_dataset
-from segcli.export import export
-from tests.inference_support import TINY_CLASSES, make_checkpoint, read_png, run_main, write_png
+from segcli.inference.export import export
+from tests.inference.support import TINY_CLASSES, make_checkpoint, read_png, run_main, write_png
 from tests.support import CAMVID_CLASSES, REPO, SHARED_DATASETS, assert_user_error, run_segcli
 
 

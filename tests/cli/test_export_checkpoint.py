@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from segcli.errors import ConfigError
-from segcli.export import export
-from segcli.inference import InferenceOptions, open_model, probabilities, to_batch
-from tests.inference_support import TINY_CLASSES, make_checkpoint, run_main
+from segcli.inference.engine import InferenceOptions
+from segcli.inference.export import export
+from segcli.inference.loading import open_model
+from tests.inference.support import IMAGENET, TINY_CLASSES, make_checkpoint, run_main
 from tests.support import assert_user_error
 
 FORMATS = ["onnx", "torchscript", "state-dict", "smp"]
@@ -44,13 +45,13 @@ def test_every_format_round_trips(checkpoint, tmp_path, fmt):
     output = tmp_path / {"onnx": "m.onnx", "torchscript": "m.pt", "state-dict": "m.pth", "smp": "m_smp"}[fmt]
     result = export(checkpoint, fmt, output, height=64, width=64)
     assert result.written and result.check.passed and result.path == output and output.exists()
-    assert result.check.shapes == [(2, 3, 64, 64), (1, 3, 66, 65)]  # two sizes, two batch sizes
-    assert result.check.max_abs_diff < (1e-4 if fmt == "onnx" else 1e-6)
+    assert [c.shape for c in result.check.inputs] == [(2, 3, 64, 64), (1, 3, 66, 65)]  # two sizes, two batches
+    assert max(c.max_abs_diff for c in result.check.inputs) < (1e-4 if fmt == "onnx" else 1e-6)
 
     sidecar = json.loads(result.sidecar.read_text())
     assert sidecar["export_format"] == fmt and sidecar["file"] == output.name
     assert sidecar["class_names"] == TINY_CLASSES and sidecar["classes"] == 4 and sidecar["in_channels"] == 3
-    assert sidecar["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert sidecar["normalization"] == IMAGENET
     assert sidecar["size_multiple"] == 1 and sidecar["ignore_index"] == 255
     assert (sidecar["arch"], sidecar["encoder_name"]) == ("unet", "resnet18")
     assert sidecar["source"]["checkpoint"] == str(checkpoint.resolve())
@@ -65,8 +66,8 @@ def test_every_format_round_trips(checkpoint, tmp_path, fmt):
     original, reloaded = open_model(checkpoint), open_model(output)
     assert reloaded.kind == fmt and reloaded.info.class_names == TINY_CLASSES
     for image in _images():
-        expected = probabilities(original.forward, to_batch([image], original.info), 1, InferenceOptions())
-        got = probabilities(reloaded.forward, to_batch([image], reloaded.info), 1, InferenceOptions())
+        expected = original.probabilities([image], InferenceOptions())
+        got = reloaded.probabilities([image], InferenceOptions())
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         mask, expected_mask = reloaded.predict([image])[0], original.predict([image])[0]
         assert mask.shape == image.shape[:2]
@@ -90,7 +91,7 @@ def test_traced_when_the_architecture_cannot_be_scripted(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "unetpp.pth", arch="unetplusplus")
     result = export(checkpoint, "torchscript", tmp_path / "unetpp.pt", height=64, width=64)
     assert result.details["torchscript"] == "trace"
-    assert result.check.passed and result.check.shapes[1] == (1, 3, 128, 96)  # a second size, multiple of 32
+    assert result.check.passed and result.check.inputs[1].shape == (1, 3, 128, 96)  # a second size, multiple of 32
 
 
 def test_cli_exports_a_run_folder_beside_its_best_checkpoint(run_dir, capsys):

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segcli.export import export
-from segcli.inference import InferenceOptions, open_model
-from tests.inference_support import make_checkpoint, read_png, run_main, write_png
+from segcli.inference.engine import InferenceOptions
+from segcli.inference.export import export
+from segcli.inference.loading import open_model
+from tests.inference.support import make_checkpoint, read_png, run_main, write_png
 from tests.support import assert_user_error, heavy_imports, run_segcli
 
 

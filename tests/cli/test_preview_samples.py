@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segcli.data.visualize import TILE_HEIGHT, legend_entries, palette
+from segcli.drawing.colours import legend_entries, palette
+from segcli.drawing.pictures import TILE_HEIGHT
 from tests.support import DEMO_CLASSES, assert_user_error, run_segcli
 
 AUGMENTING = """
@@ -16,7 +17,7 @@ model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4}
 defaults:
   train_transforms:
     - {name: random_crop, params: {height: 32, width: 48}}
-    - {name: normalize, params: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
+    - {name: random_brightness_contrast, params: {p: 1.0}}
 experiments:
   crop: {}
 """
@@ -46,7 +47,7 @@ def test_same_seed_same_picture_other_seed_other_picture(tiny_dataset, in_tmp_cw
     assert not np.array_equal(read("a.png"), read("c.png"))
 
 
-def test_augmented_shows_transformed_and_denormalised_pixels(tiny_dataset, in_tmp_cwd):
+def test_augmented_shows_transformed_pixels(tiny_dataset, in_tmp_cwd):
     (in_tmp_cwd / "aug.yaml").write_text(AUGMENTING)
     result = _preview(in_tmp_cwd, tiny_dataset, "-c", "aug.yaml", "-e", "crop", "--augmented", "-n", "1", "-o", "a.png")
     assert result.returncode == 0, result.stderr
@@ -54,7 +55,7 @@ def test_augmented_shows_transformed_and_denormalised_pixels(tiny_dataset, in_tm
     # A 48x32 crop shown at TILE_HEIGHT rows keeps the 3:2 aspect: the image tile is 1.5x as wide as high.
     first_tile = picture[30 : 30 + TILE_HEIGHT, 8 : 8 + int(1.5 * TILE_HEIGHT)]
     assert first_tile.std() > 10  # real picture content, not a flat normalised field
-    assert first_tile.mean() > 30  # de-normalised back to 0..255 pixels
+    assert first_tile.mean() > 30  # displayable 0..255 pixels, never normalised values
 
 
 def test_legend_names_the_ignored_label():
@@ -62,17 +63,30 @@ def test_legend_names_the_ignored_label():
     assert [label for label, _ in entries] == ["0 a", "1 b", "255 ignored"]
 
 
-def test_empty_split_and_bad_dataset_fail_with_exit_2(tiny_dataset, in_tmp_cwd):
+def test_an_empty_split_is_a_user_error(in_tmp_cwd):
     empty = in_tmp_cwd / "empty"
     for kind in ("images", "labels"):
         (empty / "train" / kind).mkdir(parents=True)
-    assert_user_error(_preview(in_tmp_cwd, empty), "failed the dataset check", "empty-split")
+    assert_user_error(_preview(in_tmp_cwd, empty), "no image/mask pairs")
+    assert not (in_tmp_cwd / "preview.png").exists()
 
+
+def test_a_broken_dataset_is_drawn_anyway_with_non_classes_in_white(tiny_dataset, in_tmp_cwd):
+    """Previews are how people investigate a broken dataset: draw it, say what is wrong, show the bad values."""
     broken = in_tmp_cwd / "broken"
     shutil.copytree(tiny_dataset, broken)
-    next((broken / "train" / "images").glob("*.png")).write_bytes(b"not a png")
-    assert_user_error(_preview(in_tmp_cwd, broken), "unreadable-image")
-    assert not (in_tmp_cwd / "preview.png").exists()
+    for path in sorted((broken / "train" / "labels").glob("*.png")):
+        mask = np.array(Image.open(path))
+        mask[:8, :8] = 11  # a void-like value that is not a class
+        Image.fromarray(mask).save(path)
+    result = _preview(in_tmp_cwd, broken, "-n", "2")
+    assert result.returncode == 0, result.stderr
+    assert "warning: split 'train'" in result.stderr and "mask-values" in result.stderr
+    picture = np.asarray(Image.open(in_tmp_cwd / "preview.png").convert("RGB"))
+    mask_tile = picture[30 : 30 + TILE_HEIGHT, 8 + TILE_HEIGHT + 8 : 8 + 2 * TILE_HEIGHT + 8]
+    assert (mask_tile == 255).all(axis=2).any()  # white: not a class
+    entries = legend_entries(DEMO_CLASSES.split(","), None, [11])
+    assert entries[-1] == ("value 11, not a class", (255, 255, 255))
 
 
 def test_augmented_needs_an_experiment(tiny_dataset, in_tmp_cwd):

@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from segcli.config.loader import override_suffix, parse_overrides
+from segcli.config.loader import parse_overrides
+from segcli.config.naming import override_suffix
 from segcli.errors import ConfigError
 from tests.support import CAMVID_CLASSES, DEMO_CLASSES, REPO, assert_user_error, run_segcli
 
@@ -48,18 +49,39 @@ def test_override_suffix_is_short_stable_and_distinct():
     assert len(override_suffix({"lr": 0.1})) == len("-set") + 6
 
 
-def test_dry_run_prints_the_resolved_experiment_and_model(in_tmp_cwd):
-    result = run_segcli("train", "-c", REPO / "experiments" / "unetpp.yaml", "-e", "experiment-lr", "--dry-run",
-                        "--set", "lr=3e-4", "--set", "model.encoder_name=resnet18", cwd=in_tmp_cwd)  # fmt: skip
+DRY = """
+model: {arch: UnetPlusPlus, encoder_name: resnet34, encoder_weights: null, classes: 4}
+defaults: {batch_size: 32, lr: 0.001}
+experiments:
+  experiment-lr: {}
+"""
+
+
+def test_dry_run_prints_the_resolved_experiment_model_and_normalisation(tiny_dataset, in_tmp_cwd):
+    (in_tmp_cwd / "dry.yaml").write_text(DRY)
+    result = run_segcli("train", "-c", "dry.yaml", "-e", "experiment-lr", "--dry-run", "--set", "lr=3e-4",
+                        "--set", "model.encoder_name=resnet18", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
+                        cwd=in_tmp_cwd)  # fmt: skip
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load("\n".join(line for line in result.stdout.splitlines() if not line.startswith("#")))
     assert resolved["lr"] == 0.0003 and resolved["model"]["encoder_name"] == "resnet18"
     assert resolved["batch_size"] == 32 and resolved["model"]["arch"] == "UnetPlusPlus"
-    assert f"# run unetpp-experiment-lr{override_suffix({'lr': 0.0003, 'model.encoder_name': 'resnet18'})}" in (
+    assert f"# run dry-experiment-lr{override_suffix({'lr': 0.0003, 'model.encoder_name': 'resnet18'})}" in (
         result.stdout
     )
     assert "parameters, input height and width must be multiples of 32" in result.stdout
+    assert "# normalisation: imagenet: (pixel / 255 - mean) / std" in result.stdout
+    assert "8 train / 4 val pairs, uint8" in result.stdout
     assert not (in_tmp_cwd / "checkpoints").exists() and not (in_tmp_cwd / "wandb").exists()
+
+
+def test_dry_run_runs_the_checks_train_makes_first(tiny_dataset, in_tmp_cwd):
+    """A misspelt monitor used to pass --dry-run and fail only once training had started."""
+    (in_tmp_cwd / "dry.yaml").write_text(DRY)
+    base = ["train", "-c", "dry.yaml", "-e", "experiment-lr", "--dry-run", "--dataset", tiny_dataset,
+            "--classes", DEMO_CLASSES]  # fmt: skip
+    assert_user_error(run_segcli(*base, "--set", "monitor=val/mIOU", cwd=in_tmp_cwd), "monitor.metric", "val/mIoU")
+    assert_user_error(run_segcli(*base, "--set", "model.classes=3", cwd=in_tmp_cwd), "CLASS_NAMES lists 4 names")
 
 
 def test_set_errors_name_the_command_line(in_tmp_cwd):

@@ -64,38 +64,41 @@ def test_train_end_to_end(tiny_config, tiny_dataset, in_tmp_cwd):
     run_dir = output / "checkpoints" / "tiny-exp"
     files = {name: run_dir / name for name in ("ckpt_latest.pth", "ckpt_best.pth", "average_model.pth")}
     loaded = {name: torch.load(path, weights_only=True) for name, path in files.items()}
-    assert not list(run_dir.glob("*.tmp")), "temporary files left behind"
+    assert not list(run_dir.glob(".*.tmp")), "temporary files left behind"
     for payload in loaded.values():
-        assert payload["format"] == "segcli-checkpoint"
-        assert payload["arch"] == "unet" and payload["encoder_name"] == "resnet18"
-        assert payload["classes"] == 4 and payload["in_channels"] == 3
-        assert payload["class_names"] == DEMO_CLASSES.split(",")
-        assert len(payload["normalization"]["mean"]) == 3
-        assert payload["metric"]["name"] == "val/mIoU"
+        model = payload["model"]
+        assert payload["format"] == "segcli-checkpoint" and payload["format_version"] == 2
+        assert model["arch"] == "unet" and model["encoder_name"] == "resnet18"
+        assert model["classes"] == 4 and model["in_channels"] == 3
+        assert model["class_names"] == DEMO_CLASSES.split(",")
+        assert model["normalization"]["mode"] == "imagenet" and len(model["normalization"]["mean"]) == 3
+        assert model["input_size"] == [64, 64]
         assert set(payload["metrics"]) >= {"val/mIoU", "val/mDCC", "val/loss", "val/IoU/disc", "val/Dice/triangle"}
         assert payload["experiment"]["batch_size"] == 4
 
     latest, best = loaded["ckpt_latest.pth"], loaded["ckpt_best.pth"]
-    assert latest["epoch"] == 1
-    assert best["metric"]["value"] >= latest["metric"]["value"]
-    assert best["metric"]["value"] == best["metrics"]["val/mIoU"]
+    assert latest["epoch"] == 2  # 1-based: the weights after the second epoch
+    assert best["metrics"]["val/mIoU"] >= latest["metrics"]["val/mIoU"]
     if best["epoch"] == latest["epoch"]:
         assert all(torch.equal(best["state_dict"][k], latest["state_dict"][k]) for k in latest["state_dict"])
 
     # The checkpoint rebuilds the model with smp alone.
     import segmentation_models_pytorch as smp
 
-    model = smp.create_model(best["arch"], encoder_name=best["encoder_name"], encoder_weights=None, classes=4)
+    model = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, classes=4)
     model.load_state_dict(loaded["average_model.pth"]["state_dict"])
 
     history = _wandb_run_file(output)
     for key in ("train/loss", "val/loss", "train/mIoU", "train/mDCC", "val/mIoU", "val/mDCC", "val/IoU/background",
-                "val/Dice/triangle", "train/IoU/square", "train/Dice/disc", "samples/train"):  # fmt: skip
+                "val/Dice/triangle", "train/IoU/square", "train/Dice/disc", "samples/train", "val/predictions",
+                "val_avg/mIoU", "val/worst_images", "val/confusion_matrix"):  # fmt: skip
         assert key.encode() in history, key
-    for config_key in (b"class_names", b"dataset_path", b"tiny-exp", b"CosineAnnealingLR"):
+    for config_key in (b"class_names", b"dataset_path", b"tiny-exp", b"CosineAnnealingLR", b"normalization"):
         assert config_key in history
     synced = {p.name for p in (output / "wandb").glob("offline-run-*/files/*.pth")}
     assert synced == set(files), synced
+    for name in ("metrics.csv", "results.png", "per_class.png", "confusion_matrix.png", "worst_predictions.png"):
+        assert (run_dir / name).stat().st_size > 0, name
 
 
 def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_cwd):
@@ -112,7 +115,9 @@ def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_
     output = in_tmp_cwd / "out"
     result = run_segcli("train", "-c", tiny_config, "-e", "exp", "--dataset", broken, "--classes", DEMO_CLASSES,
                     "--output-dir", output, cwd=in_tmp_cwd)  # fmt: skip
-    assert_user_error(result, "failed the check", "mask-values", mask_path.name, "image-without-mask", "val_0000.png")
+    assert_user_error(
+        result, "failed the dataset check", "mask-values", mask_path.name, "image-without-mask", "val_0000.png"
+    )
     assert not output.exists()
 
 
@@ -120,7 +125,7 @@ def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_
     ("args", "fragments"),
     [
         (["-e", "exq"], ["no experiment 'exq'", "did you mean 'exp'"]),
-        (["-e", "exp", "--classes", "a,b,c"], ["model.classes is 4", "3 names"]),
+        (["-e", "exp", "--classes", "a,b,c"], ["model.classes is 4", "lists 3 names"]),
         (["-e", "bad-monitor"], ["early_stopping.monitor", "'val/miou' is never logged", "val/mIoU"]),
         (["-e", "exp", "--dataset", "nowhere"], ["nowhere does not exist"]),
         (["-e", "exp", "--max-epochs", "0"], ["max-epochs"]),
@@ -170,8 +175,8 @@ def test_train_camvid_mini(camvid_mini, in_tmp_cwd):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = in_tmp_cwd / "checkpoints" / "camvid-mini"
     for name in ("ckpt_latest.pth", "ckpt_best.pth", "average_model.pth"):
-        payload = torch.load(run_dir / name, weights_only=True)
-        assert payload["classes"] == 11 and payload["ignore_index"] == 11
-        assert payload["class_names"] == CAMVID_CLASSES.split(",")
+        model = torch.load(run_dir / name, weights_only=True)["model"]
+        assert model["classes"] == 11 and model["ignore_index"] == 11
+        assert model["class_names"] == CAMVID_CLASSES.split(",")
     history = _wandb_run_file(in_tmp_cwd)
     assert b"val/IoU/Bicyclist" in history and b"val/mDCC" in history

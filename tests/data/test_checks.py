@@ -137,17 +137,20 @@ def test_missing_val_folder(tmp_path):
     assert report.splits["train"].pairs == 3
 
 
-def test_missing_labels_folder(tmp_path):
+def test_missing_labels_folder_is_one_problem_not_one_per_image(tmp_path):
     root = small_dataset(tmp_path)
     shutil.rmtree(root / "train" / "labels")
     report = check(root)
-    assert errors(report) == {
-        ("missing-split", "train", None),
-        ("image-without-mask", "train", "train_0000.png"),
-        ("image-without-mask", "train", "train_0001.png"),
-        ("image-without-mask", "train", "train_0002.png"),
-    }
+    assert errors(report) == {("missing-split", "train", None)}
     assert str(root / "train" / "labels") in only(report, "missing-split").detail
+
+
+def test_a_labels_folder_under_another_name_is_named_with_the_rename(tmp_path):
+    root = small_dataset(tmp_path)
+    (root / "train" / "labels").rename(root / "train" / "masks")
+    report = check(root)
+    assert errors(report) == {("missing-split", "train", None)}
+    assert "found masks/: rename the one holding the labels to labels/" in only(report, "missing-split").detail
 
 
 def test_empty_split(tmp_path):
@@ -160,12 +163,44 @@ def test_empty_split(tmp_path):
     assert report.splits["val"].pairs == 0
 
 
-def test_not_an_image(tmp_path):
+def test_a_stray_file_is_a_warning_not_an_error(tmp_path):
+    """A notes.txt in images/ must not block training."""
     root = small_dataset(tmp_path)
     (root / "train" / "images" / "notes.txt").write_text("collected in 2021\n")
     report = check(root)
-    assert errors(report) == {("not-an-image", "train", "notes.txt")}  # and not image-without-mask
-    assert report.splits["train"].pairs == 3
+    assert report.errors == []
+    assert only(report, "not-an-image").severity == WARNING and report.splits["train"].pairs == 3
+
+
+def test_nested_folders_are_reported_not_ignored_silently(tmp_path):
+    root = small_dataset(tmp_path)
+    (root / "train" / "images" / "more").mkdir()
+    shutil.copy(root / "train" / "images" / "train_0000.png", root / "train" / "images" / "more" / "x.png")
+    problem = only(check(root), "nested-folders")
+    assert problem.severity == WARNING and "more/" in problem.detail and "not read" in problem.detail
+
+
+def test_jpeg_masks_are_named_as_the_cause(tmp_path):
+    root = small_dataset(tmp_path)
+    png = root / "train" / "labels" / "train_0001.png"
+    cv2.imwrite(str(png.with_suffix(".jpg")), read_mask(png) * 60, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    png.unlink()
+    report = check(root)
+    assert "save masks as PNG" in only(report, "jpeg-masks").detail
+    assert "a JPEG mask" in only(report, "mask-values").detail
+
+
+def test_a_value_just_past_the_classes_in_every_mask_is_named_as_a_void_label(tmp_path):
+    """CamVid without --ignore-index: 468 errors and no hint, before."""
+    root = small_dataset(tmp_path)
+    for path in (root / "train" / "labels").glob("*.png"):
+        mask = read_mask(path)
+        mask[0, :4] = 4  # just past classes 0..3
+        write_png(path, mask)
+    report = check(root)
+    hint = [p for p in report.errors if p.kind == "mask-values" and p.file is None]
+    assert len(hint) == 1 and "looks like a void/unlabelled label" in hint[0].detail
+    assert "`--ignore-index 4`" in hint[0].detail and "`ignore_index: 4`" in hint[0].detail
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random-bytes"])
@@ -251,7 +286,7 @@ def test_binary_255_masks_suggest_dividing_by_255(tmp_path):
     report = check(root, classes=["background", "shape"], splits=["train"])
     problem = only(report, "binary-255-masks")
     assert (problem.split, problem.file) == ("train", None)
-    assert "3 mask(s)" in problem.detail and "divide them by 255" in problem.detail
+    assert "3 mask(s)" in problem.detail and "`label_map: {255: 1}`" in problem.detail
     assert report.splits["train"].binary_255_masks == 3
     assert {p.kind for p in report.errors} == {"binary-255-masks", "mask-values"}
 
@@ -340,8 +375,8 @@ def test_every_problem_is_reported_in_one_call(tmp_path):
         ("mask-values", "train", "train_0003.png"),
         ("size-mismatch", "val", "val_0000.png"),
         ("unreadable-mask", "val", "val_0001.png"),
-        ("not-an-image", "val", "extra.txt"),
     }
+    assert {(p.kind, p.file) for p in report.warnings} >= {("not-an-image", "extra.txt")}
 
 
 # --- determinism, serialisation, cache ------------------------------------------------------
@@ -434,7 +469,7 @@ def test_a_notes_file_sharing_a_stem_does_not_hide_the_image(tmp_path):
     root = small_dataset(tmp_path)
     (root / "train" / "images" / "train_0000.txt").write_text("photographed at noon\n")
     report = check(root)
-    assert errors(report) == {("not-an-image", "train", "train_0000.txt")}
+    assert report.errors == [] and only(report, "not-an-image").file == "train_0000.txt"
     assert report.splits["train"].pairs == 3
 
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from segcli.config.schema import TransformSpec
+from segcli.config.schema import ExplicitNormalization, TransformSpec
 from segcli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    PixelStats,
     build_pipeline,
     build_transform,
-    is_normalize,
     lookup_transform,
-    normalization,
+    normalize_image,
+    resolve_normalization,
     snake_case,
     transform_registry,
 )
@@ -108,10 +109,11 @@ def test_lookup_is_case_sensitive_for_aliases():
         lookup_transform("Horizontal_Flip")
 
 
-def test_is_normalize():
-    assert is_normalize(spec("normalize"))
-    assert is_normalize(spec("Normalize", mean=0.5))
-    assert not is_normalize(spec("horizontal_flip"))
+@pytest.mark.parametrize("name", ["normalize", "Normalize"])
+def test_a_normalize_in_a_transform_list_is_refused_with_the_key_to_use(name):
+    """One source of truth: a Normalize in one list would differ from the other list and from inference."""
+    with pytest.raises(ConfigError, match=r"train_transforms\[1\]: normalisation .* experiment key `normalize:`"):
+        build_pipeline([spec("horizontal_flip"), spec(name, mean=0.5)], "train_transforms", IMAGENET)
 
 
 # --------------------------------------------------------------------------- building
@@ -129,7 +131,7 @@ def test_build_transform_passes_params():
 def test_unknown_name_error_names_the_list_index():
     specs = [spec("resize", height=8, width=8), spec("horizntal_flip")]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "train_transforms", in_channels=3)
+        build_pipeline(specs, "train_transforms", IMAGENET)
     message = str(info.value)
     assert message.startswith("train_transforms[1].name: unknown transform 'horizntal_flip'")
     assert "'horizontal_flip'" in message
@@ -138,7 +140,7 @@ def test_unknown_name_error_names_the_list_index():
 def test_unknown_parameter_error_names_index_and_close_match():
     specs = [spec("horizontal_flip"), spec("resize", height=8, widht=8)]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "train_transforms", in_channels=3)
+        build_pipeline(specs, "train_transforms", IMAGENET)
     message = str(info.value)
     assert message.startswith("train_transforms[1].params:")
     assert "no parameter 'widht'" in message
@@ -148,7 +150,7 @@ def test_unknown_parameter_error_names_index_and_close_match():
 def test_bad_parameter_value_error_names_index():
     specs = [spec("horizontal_flip", p=2)]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "val_transforms", in_channels=3)
+        build_pipeline(specs, "val_transforms", IMAGENET)
     message = str(info.value)
     assert message.startswith("val_transforms[0].params: invalid parameters for horizontal_flip")
     assert "\n" not in message  # one line, as every user error
@@ -157,44 +159,31 @@ def test_bad_parameter_value_error_names_index():
 
 def test_missing_required_parameter_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train_transforms\[0\]\.params: invalid parameters for resize"):
-        build_pipeline([spec("resize", height=8)], "train_transforms", in_channels=3)
+        build_pipeline([spec("resize", height=8)], "train_transforms", IMAGENET)
 
 
-# --------------------------------------------------------------------------- Normalize + tensors
+# --------------------------------------------------------------------------- normalisation + tensors
+
+IMAGENET = {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "max_pixel_value": 255.0}
 
 
-def test_normalize_appended_once_before_to_tensor():
-    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", in_channels=3)
-    assert kinds(pipeline) == ["HorizontalFlip", "Normalize", "ToTensorV2"]
-    normalize = pipeline.transforms[1]
-    assert tuple(normalize.mean) == pytest.approx(IMAGENET_MEAN)
-    assert tuple(normalize.std) == pytest.approx(IMAGENET_STD)
+def test_pipeline_is_unit_range_transforms_normalisation_tensors():
+    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET)
+    assert kinds(pipeline) == ["UnitRange", "HorizontalFlip", "Normalization", "ToTensorV2"]
+    assert kinds(build_pipeline([], "val_transforms", IMAGENET)) == ["UnitRange", "Normalization", "ToTensorV2"]
 
 
-def test_empty_list_still_normalizes():
-    pipeline = build_pipeline([], "val_transforms", in_channels=3)
-    assert kinds(pipeline) == ["Normalize", "ToTensorV2"]
-
-
-@pytest.mark.parametrize("name", ["normalize", "Normalize"])
-def test_user_normalize_not_duplicated(name):
-    specs = [spec(name, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]), spec("horizontal_flip")]
-    pipeline = build_pipeline(specs, "train_transforms", in_channels=3)
-    assert kinds(pipeline) == ["Normalize", "HorizontalFlip", "ToTensorV2"]
-    assert kinds(pipeline).count("Normalize") == 1
-
-
-def test_without_to_tensor():
-    pipeline = build_pipeline([], "val_transforms", in_channels=3, to_tensor=False)
-    assert kinds(pipeline) == ["Normalize"]
+def test_without_to_tensor_images_stay_displayable():
+    pipeline = build_pipeline([], "val_transforms", IMAGENET, to_tensor=False)
+    assert kinds(pipeline) == ["UnitRange"]
     image, mask = pair()
     out = pipeline(image=image, mask=mask)
-    assert isinstance(out["image"], np.ndarray)
+    assert isinstance(out["image"], np.ndarray) and out["image"].dtype == np.uint8
     assert out["image"].shape == (40, 50, 3)
 
 
 def test_pipeline_output_is_float_chw_tensor_and_mask_tensor():
-    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", in_channels=3)
+    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET)
     image, mask = pair(height=40, width=50)
     out = pipeline(image=image, mask=mask)
     assert isinstance(out["image"], torch.Tensor)
@@ -206,8 +195,8 @@ def test_pipeline_output_is_float_chw_tensor_and_mask_tensor():
     assert set(out["mask"].unique().tolist()) <= {0, 1, 2, 3}
 
 
-def test_default_normalization_values():
-    pipeline = build_pipeline([], "val_transforms", in_channels=3)
+def test_imagenet_values():
+    pipeline = build_pipeline([], "val_transforms", IMAGENET)
     image = np.zeros((4, 6, 3), dtype=np.uint8)
     image[..., 1] = 255
     out = pipeline(image=image, mask=np.zeros((4, 6), dtype=np.uint8))["image"]
@@ -220,16 +209,8 @@ def test_default_normalization_values():
         assert torch.allclose(out[channel], torch.full((4, 6), expected[channel]), atol=1e-5)
 
 
-def test_user_normalization_values_used():
-    specs = [spec("normalize", mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])]
-    pipeline = build_pipeline(specs, "val_transforms", in_channels=3)
-    image = np.full((3, 3, 3), 255, dtype=np.uint8)
-    out = pipeline(image=image, mask=np.zeros((3, 3), dtype=np.uint8))["image"]
-    assert torch.allclose(out, torch.full((3, 3, 3), 2.0), atol=1e-5)
-
-
 def test_mask_not_normalized():
-    pipeline = build_pipeline([], "val_transforms", in_channels=3)
+    pipeline = build_pipeline([], "val_transforms", IMAGENET)
     image, mask = pair(height=8, width=8)
     out = pipeline(image=image, mask=mask)
     assert torch.equal(out["mask"], torch.from_numpy(mask))
@@ -237,71 +218,69 @@ def test_mask_not_normalized():
 
 def test_resize_uses_height_then_width():
     # Albumentations Resize(height, width): an image 32 high and 64 wide is (C, 32, 64) after ToTensorV2.
-    pipeline = build_pipeline([spec("resize", height=32, width=64)], "train_transforms", in_channels=3)
+    pipeline = build_pipeline([spec("resize", height=32, width=64)], "train_transforms", IMAGENET)
     image, mask = pair(height=50, width=40)
     out = pipeline(image=image, mask=mask)
     assert out["image"].shape == (3, 32, 64)
     assert out["mask"].shape == (32, 64)
 
 
-def test_single_channel_pipeline():
-    pipeline = build_pipeline([spec("resize", height=16, width=8)], "train_transforms", in_channels=1)
-    normalize = pipeline.transforms[1]
-    assert tuple(normalize.mean) == pytest.approx((sum(IMAGENET_MEAN) / 3,))
-    assert tuple(normalize.std) == pytest.approx((sum(IMAGENET_STD) / 3,))
-    image, mask = pair(height=20, width=20, channels=1)
-    out = pipeline(image=image, mask=mask)
-    assert out["image"].shape == (1, 16, 8)
-    assert out["image"].dtype == torch.float32
-
-
-# --------------------------------------------------------------------------- normalization()
-
-
-def test_normalization_defaults_to_imagenet():
-    mean, std = normalization([spec("horizontal_flip")], in_channels=3)
-    assert mean == pytest.approx(list(IMAGENET_MEAN))
-    assert std == pytest.approx(list(IMAGENET_STD))
-
-
-def test_normalization_imagenet_adapted_to_one_channel():
-    mean, std = normalization([], in_channels=1)
-    assert mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
-    assert std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
-    assert len(mean) == len(std) == 1
-
-
-def test_normalization_imagenet_adapted_to_four_channels():
-    mean, std = normalization([], in_channels=4)
-    assert mean == pytest.approx([0.449] * 4)
-    assert std == pytest.approx([0.226] * 4)
-
-
-def test_normalization_returns_user_values():
-    specs = [spec("horizontal_flip"), spec("normalize", mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6])]
-    mean, std = normalization(specs, in_channels=3)
-    assert mean == pytest.approx([0.1, 0.2, 0.3])
-    assert std == pytest.approx([0.4, 0.5, 0.6])
-
-
-def test_normalization_user_single_channel_values():
-    mean, std = normalization([spec("Normalize", mean=[0.3], std=[0.2])], in_channels=1)
-    assert mean == pytest.approx([0.3])
-    assert std == pytest.approx([0.2])
-
-
-def test_normalization_user_scalar_broadcast():
-    mean, std = normalization([spec("normalize", mean=0.3, std=0.2)], in_channels=3)
-    assert mean == pytest.approx([0.3, 0.3, 0.3])
-    assert std == pytest.approx([0.2, 0.2, 0.2])
-
-
-def test_normalization_user_normalize_without_params_is_imagenet():
-    mean, std = normalization([spec("normalize")], in_channels=3)
-    assert mean == pytest.approx(list(IMAGENET_MEAN))
-    assert std == pytest.approx(list(IMAGENET_STD))
-
-
 def test_to_tensor_is_the_albumentations_one():
-    pipeline = build_pipeline([], "val_transforms", in_channels=3)
+    pipeline = build_pipeline([], "val_transforms", IMAGENET)
     assert isinstance(pipeline.transforms[-1], ToTensorV2)
+
+
+# --------------------------------------------------------------------------- resolve_normalization()
+
+GREY = PixelStats(255.0, [0.4], [0.2])
+
+
+@pytest.mark.parametrize(
+    ("setting", "channels", "stats", "expected"),
+    [
+        ("imagenet", 3, PixelStats(255.0), {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                                             "max_pixel_value": 255.0}),
+        ("imagenet", 1, PixelStats(4095.0), {"mode": "imagenet", "mean": [sum(IMAGENET_MEAN) / 3],
+                                              "std": [sum(IMAGENET_STD) / 3], "max_pixel_value": 4095.0}),
+        ("dataset", 1, GREY, {"mode": "dataset", "mean": [0.4], "std": [0.2], "max_pixel_value": 255.0}),
+        ("image", 3, PixelStats(255.0), {"mode": "image", "mean": None, "std": None, "max_pixel_value": 255.0}),
+        ("min_max", 1, PixelStats(1.0), {"mode": "min_max", "mean": None, "std": None, "max_pixel_value": 1.0}),
+        (ExplicitNormalization(mean=[0.3], std=[0.2]), 3, PixelStats(65535.0),
+         {"mode": "explicit", "mean": [0.3] * 3, "std": [0.2] * 3, "max_pixel_value": 65535.0}),
+        (ExplicitNormalization(mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6], max_pixel_value=1000), 3, PixelStats(255.0),
+         {"mode": "explicit", "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "max_pixel_value": 1000.0}),
+    ],
+)  # fmt: skip
+def test_resolve_normalization(setting, channels, stats, expected):
+    resolved = resolve_normalization(setting, channels, stats)
+    assert resolved.keys() == expected.keys()
+    for key, value in expected.items():
+        assert resolved[key] == (pytest.approx(value) if value is not None else None), key
+
+
+def test_imagenet_for_four_bands_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="normalize: dataset"):
+        resolve_normalization("imagenet", 4, PixelStats(65535.0))
+
+
+@pytest.mark.parametrize("mode", ["image", "min_max"])
+def test_per_image_modes_give_float32_and_the_right_statistics(mode):
+    """`normalize: image` crashed with "expected scalar type Double" (albumentations returns float64 for uint8)."""
+    image = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    spec_ = resolve_normalization(mode, 3, PixelStats(255.0))
+    out = build_pipeline([], "val_transforms", spec_)(image=image, mask=np.zeros((9, 11), np.uint8))["image"]
+    assert out.dtype == torch.float32
+    if mode == "image":
+        torch.testing.assert_close(out.mean((1, 2)), torch.zeros(3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.std((1, 2), correction=0), torch.ones(3), atol=1e-4, rtol=0)
+    else:
+        assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0)
+
+
+def test_sixteen_bit_images_scale_by_their_bit_depth():
+    """12-bit data in 16-bit files: (pixel / 4095 - mean) / std, the same in the pipeline and in inference."""
+    image = np.array([[[0], [4095]]], np.uint16)
+    spec_ = resolve_normalization(ExplicitNormalization(mean=[0.5], std=[0.5]), 1, PixelStats(4095.0))
+    out = build_pipeline([], "val_transforms", spec_)(image=image, mask=np.zeros((1, 2), np.uint8))["image"]
+    torch.testing.assert_close(out, torch.tensor([[[-1.0, 1.0]]]))
+    np.testing.assert_allclose(normalize_image(image, spec_)[..., 0], [[-1.0, 1.0]])

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from segcli.artifacts import read_checkpoint
 from segcli.config.schema import Experiment
 from segcli.data.dataset import SegmentationDataset
 from segcli.data.io import list_pairs
 from segcli.data.transforms import build_pipeline
+from segcli.models.metrics import ConfusionMatrix, epoch_metrics
 from segcli.models.task import SegmentationTask
-from segcli.training.metrics import ConfusionMatrix, epoch_metrics
 from tests.support import DEMO_CLASSES, run_segcli
 
 EXPERIMENTS = """
@@ -24,18 +25,19 @@ experiments:
 """
 
 
-def _single_process_val_metrics(checkpoint: dict, dataset_root) -> dict[str, float]:
-    experiment = Experiment.model_validate(checkpoint["experiment"])
-    task = SegmentationTask(experiment.model_dump(mode="json"), checkpoint["class_names"])
-    task.model.load_state_dict(checkpoint["state_dict"])
+def _single_process_val_metrics(checkpoint, dataset_root) -> dict[str, float]:
+    experiment = Experiment.model_validate(checkpoint.experiment)
+    names = checkpoint.info.class_names
+    task = SegmentationTask(experiment.model_dump(mode="json"), names)
+    task.model.load_state_dict(checkpoint.state_dict)
     task.eval()
-    pipeline = build_pipeline(experiment.val_transforms, "val_transforms", 3)
+    pipeline = build_pipeline(experiment.val_transforms, "val_transforms", checkpoint.info.normalization)
     dataset = SegmentationDataset(list_pairs(dataset_root, "val"), pipeline)
     matrix = ConfusionMatrix(4, experiment.ignore_index)
     with torch.no_grad():
         for images, masks in DataLoader(dataset, batch_size=1):
             matrix.update(task(images).argmax(1), masks)
-    return epoch_metrics(matrix.compute(), "val", checkpoint["class_names"])
+    return epoch_metrics(matrix.compute(), "val", names)
 
 
 @pytest.mark.slow
@@ -52,8 +54,8 @@ def test_two_process_ddp_matches_one_process(tiny_dataset, in_tmp_cwd):
     assert files == ["average_model.pth", "ckpt_best.pth", "ckpt_latest.pth"]
     assert len(list((in_tmp_cwd / "out" / "wandb").glob("offline-run-*"))) == 1
 
-    checkpoint = torch.load(run_dirs[0] / "ckpt_latest.pth", weights_only=True)
-    logged = checkpoint["metrics"]
+    checkpoint = read_checkpoint(run_dirs[0] / "ckpt_latest.pth")
+    logged = checkpoint.metrics
     expected = _single_process_val_metrics(checkpoint, tiny_dataset)
     for key, value in expected.items():
         if math.isnan(value):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import DEMO_CLASSES, run_segcli
+from tests.support import DEMO_CLASSES, run_segcli, wandb_history
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +28,18 @@ defaults:
   train_transforms:
     - {name: horizontal_flip, params: {p: 0.5}}
     - {name: random_rotate_90, params: {p: 0.5}}
-  scheduler: {name: StepLR, params: {step_size: 2, gamma: 0.5}}
+  scheduler: {name: ReduceLROnPlateau, params: {patience: 0, factor: 0.5}, monitor: val/loss}
+  ema: {decay: 0.9}
+  average: {start_epoch: 3}
+  early_stopping: {monitor: val/mIoU, patience: 5}
+  log_predictions: {count: 2, worst: 0}
 experiments:
   exp: {}
+  stops:
+    early_stopping: {monitor: val/mIoU, patience: 1, min_delta: 0.9}
   diverge:
     optimizer: {name: SGD}
+    scheduler: null
     lr: 1.0e+20
 """
 RUN = "tiny-exp"
@@ -44,8 +52,8 @@ def config(in_tmp_cwd) -> Path:
     return path
 
 
-def _args(config: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "-c", str(config), "-e", "exp", "--dataset", str(dataset), "--classes", DEMO_CLASSES,
+def _args(config: Path, dataset: Path, output: Path, *extra: str, experiment: str = "exp") -> list[str]:
+    return ["train", "-c", str(config), "-e", experiment, "--dataset", str(dataset), "--classes", DEMO_CLASSES,
             "--output-dir", str(output), *extra]  # fmt: skip
 
 
@@ -54,36 +62,76 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = run_dir / "run.json"
-        if record.is_file() and json.loads(record.read_text())["epochs_completed"] >= epochs:
-            return
+        try:
+            if json.loads(record.read_text())["epochs_completed"] >= epochs:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
         assert process.poll() is None, process.communicate()
         time.sleep(0.02)
     raise AssertionError("training made no progress")
 
 
-def _final(output: Path) -> dict:
-    return torch.load(output / "checkpoints" / RUN / "ckpt_latest.pth", weights_only=True)
+def _state(output: Path, run: str = RUN) -> dict:
+    return torch.load(output / "checkpoints" / run / "state_latest.ckpt", weights_only=True)
+
+
+def _without_timing(value):
+    """Callback states minus the seconds each epoch took: the only thing a resume may change."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def _assert_equal(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), (where, sorted(a.keys() ^ b.keys()))
+        for key in a:
+            _assert_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_equal(x, y, f"{where}[{index}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert a == b, (where, a, b)
+
+
+def _assert_same_run(resumed: Path, clean: Path, run: str = RUN) -> None:
+    """Every piece of state: weights, optimizer, scheduler, early stopping, EMA, SWA, best, history, RNG;
+    and the files written from it."""
+    a, b = _state(resumed, run), _state(clean, run)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        _assert_equal(a[key], b[key], key)
+    _assert_equal(_without_timing(a["callbacks"]), _without_timing(b["callbacks"]), "callbacks")
+    for name in ("ckpt_latest.pth", "ckpt_best.pth", "ema_model.pth", "average_model.pth"):
+        x = torch.load(resumed / "checkpoints" / run / name, weights_only=True)
+        y = torch.load(clean / "checkpoints" / run / name, weights_only=True)
+        _assert_equal(x["state_dict"], y["state_dict"], name)
+        _assert_equal(x["metrics"], y["metrics"], name)
+
+
+def _clean(dataset: Path, folder: Path, *extra: str, experiment: str = "exp") -> Path:
+    (folder / "tiny.yaml").write_text(EXPERIMENTS)
+    result = run_segcli(*_args(folder / "tiny.yaml", dataset, folder / "out", *extra, experiment=experiment),
+                        cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "out"
 
 
 @pytest.fixture(scope="module")
-def clean_run(tiny_dataset, tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("clean")
-    (folder / "tiny.yaml").write_text(EXPERIMENTS)
-    result = run_segcli(*_args(folder / "tiny.yaml", tiny_dataset, folder / "out"), cwd=folder)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _final(folder / "out")
-
-
-def _assert_same_run(resumed: dict, clean: dict) -> None:
-    assert resumed["epoch"] == clean["epoch"] == 4
-    # Bit-for-bit on CPU: same shuffles, same augmentations, same kernels.
-    for key, value in clean["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][key], value), key
-    assert resumed["history"] == clean["history"]
+def clean_run(tiny_dataset, tmp_path_factory) -> Path:
+    return _clean(tiny_dataset, tmp_path_factory.mktemp("clean"))
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3])
@@ -91,7 +139,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(config, tiny_dataset, i
     output = in_tmp_cwd / "out"
     run_dir = output / "checkpoints" / RUN
     process = _start(_args(config, tiny_dataset, output), in_tmp_cwd)
-    _wait_for_epochs(run_dir, 1, process)
+    _wait_for_epochs(run_dir, 2, process)
     time.sleep(delay)
     process.kill()
     process.wait()
@@ -100,13 +148,55 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(config, tiny_dataset, i
 
     resumed = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(_final(output), clean_run)
+    _assert_same_run(output, clean_run)
     after = json.loads((run_dir / "run.json").read_text())
     assert after["finished"] and after["wandb_id"] == record["wandb_id"]  # the same W&B run continues
     assert {p.name.split("-")[-1] for p in (output / "wandb").glob("offline-run-*")} == {record["wandb_id"]}
+    rows = wandb_history(output)
+    train_rows = [row for row in rows if "train/mIoU" in row]
+    assert all(not math.isnan(row["train/mIoU"]) for row in train_rows), "a resume logged an empty epoch's NaN"
+    assert sorted(row["epoch"] for row in train_rows) == [1, 2, 3, 4, 5][: len(train_rows)]
 
     again = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_reduce_on_plateau_trains_and_halves_the_rate(clean_run):
+    """ReduceLROnPlateau was refused as an "unknown scheduler" though the README documents it."""
+    history = _state(clean_run)["callbacks"]["RunCheckpoints"]["history"]
+    assert history[0]["lr"] == pytest.approx(0.001)
+    assert any(row["lr"] < 0.001 for row in history)  # patience 0: the first worse val/loss halves it
+
+
+def test_early_stopping_survives_a_resume(config, tiny_dataset, in_tmp_cwd, tmp_path_factory):
+    """The state was saved before EarlyStopping counted the epoch: a resumed run never stopped early."""
+    clean = _clean(tiny_dataset, tmp_path_factory.mktemp("stops"), experiment="stops")
+    clean_epochs = _state(clean, "tiny-stops")["epoch"]
+    assert clean_epochs < 4  # patience 1 with an improvement nothing reaches: it stops early
+    output = in_tmp_cwd / "out"
+    process = _start(_args(config, tiny_dataset, output, experiment="stops"), in_tmp_cwd)
+    _wait_for_epochs(output / "checkpoints" / "tiny-stops", 1, process)
+    process.kill()
+    process.wait()
+    resumed = run_segcli(*_args(config, tiny_dataset, output, "--resume", experiment="stops"), cwd=in_tmp_cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(early stop)" in resumed.stdout
+    _assert_same_run(output, clean, "tiny-stops")
+
+
+def test_a_finished_run_extends_to_a_larger_max_epochs(config, tiny_dataset, in_tmp_cwd, tmp_path_factory):
+    """`--resume --max-epochs 3` on a finished 2-epoch run trains epoch 3: the same as 3 epochs at once."""
+    clean = _clean(tiny_dataset, tmp_path_factory.mktemp("three"), "--max-epochs", "3")
+    output = in_tmp_cwd / "out"
+    first = run_segcli(*_args(config, tiny_dataset, output, "--max-epochs", "2"), cwd=in_tmp_cwd)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((output / "checkpoints" / RUN / "run.json").read_text())
+    extended = run_segcli(*_args(config, tiny_dataset, output, "--resume", "--max-epochs", "3"), cwd=in_tmp_cwd)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "already finished" not in extended.stdout and "epochs run" in extended.stdout
+    _assert_same_run(output, clean)
+    after = json.loads((output / "checkpoints" / RUN / "run.json").read_text())
+    assert after["epochs_completed"] == 3 and after["finished"] and after["wandb_id"] == record["wandb_id"]
 
 
 def test_ctrl_c_stops_after_the_epoch_and_resume_finishes_it(config, tiny_dataset, in_tmp_cwd, clean_run):
@@ -115,16 +205,16 @@ def test_ctrl_c_stops_after_the_epoch_and_resume_finishes_it(config, tiny_datase
     process = _start(_args(config, tiny_dataset, output), in_tmp_cwd)
     _wait_for_epochs(run_dir, 1, process)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr[-3000:]
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     record = json.loads((run_dir / "run.json").read_text())
     assert not record["finished"] and 1 <= record["epochs_completed"] < 5
-    assert _final(output)["epoch"] == record["epochs_completed"] - 1  # the stopped epoch was saved whole
+    assert _state(output)["epoch"] == record["epochs_completed"] - 1  # the stopped epoch was saved whole
 
     resumed = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(_final(output), clean_run)
+    _assert_same_run(output, clean_run)
 
 
 def test_resume_without_a_state_is_a_user_error(config, tiny_dataset, in_tmp_cwd):
@@ -137,7 +227,7 @@ def test_non_finite_loss_stops_with_exit_3_and_writes_no_weights(config, tiny_da
     args[args.index("exp")] = "diverge"
     result = run_segcli(*args, cwd=in_tmp_cwd)
     assert result.returncode == 3, result.stderr[-3000:]
-    assert "error: the training loss became" in result.stderr and "at epoch 1, step" in result.stderr
+    assert "error: the training loss became NaN or infinite at epoch 1, step" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((in_tmp_cwd / "out" / "checkpoints" / "tiny-diverge").glob("*.pth"))
 
@@ -145,12 +235,12 @@ def test_non_finite_loss_stops_with_exit_3_and_writes_no_weights(config, tiny_da
 SAVE_LOOP = """
 import sys, torch
 from pathlib import Path
-from segcli.training.checkpoints import atomic_save
+from segcli.files import save_torch
 path = Path(sys.argv[1])
 value = 0
 while True:
     value += 1
-    atomic_save({"value": torch.full((256, 1024), float(value)), "check": value}, path)
+    save_torch({"value": torch.full((256, 1024), float(value)), "check": value}, path)
 """
 
 

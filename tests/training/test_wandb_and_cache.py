@@ -11,9 +11,9 @@ from segcli.data.dataset import RamCache, SegmentationDataset
 from segcli.data.io import list_pairs, read_image, read_mask
 from segcli.data.transforms import build_pipeline
 from segcli.errors import ConfigError
-from segcli.training import run
-from segcli.training.resume import RunRecord
-from segcli.training.wandb_logging import wandb_mode
+from segcli.training import preflight, tracking
+from segcli.training.tracking import wandb_mode
+from tests.inference.support import IMAGENET
 
 
 @pytest.mark.parametrize(
@@ -35,31 +35,19 @@ def test_wandb_mode(offline, environment, expected, monkeypatch, tmp_path):
     assert wandb_mode(offline) == expected
 
 
-class _FakeLogger:
-    made: list[str] = []
+def test_wandb_that_cannot_start_online_falls_back_to_offline(monkeypatch, recwarn):
+    made = []
 
-    def __init__(self, mode: str, **kwargs):
-        self.mode = mode
-        _FakeLogger.made.append(mode)
-
-    @property
-    def experiment(self):
-        if self.mode == "online":
+    def fake_init(mode: str, **kwargs):
+        made.append(mode)
+        if mode == "online":
             raise ConnectionError("api.wandb.ai unreachable")
         return object()
 
-
-def test_wandb_that_cannot_start_online_falls_back_to_offline(monkeypatch, tmp_path):
-    import pytorch_lightning.loggers
-
-    import segcli.training.wandb_logging as wandb_logging
-
-    monkeypatch.setattr(pytorch_lightning.loggers, "WandbLogger", _FakeLogger)
-    monkeypatch.setattr(wandb_logging, "wandb_mode", lambda offline: "online")
-    options = run.RunOptions(tmp_path, ["a"], "r", "e", output_dir=tmp_path)
+    monkeypatch.setattr(tracking.wandb, "init", fake_init)
     with pytest.warns(UserWarning, match="logging offline instead"):
-        logger, mode = run._make_logger(options, {}, RunRecord("r"))
-    assert mode == "offline" and logger.mode == "offline" and _FakeLogger.made[-2:] == ["online", "offline"]
+        run, mode = tracking.init_run(mode="online", project="p")
+    assert mode == "offline" and made == ["online", "offline"]
 
 
 def test_ram_cache_serves_the_decoded_files(tiny_dataset):
@@ -73,7 +61,7 @@ def test_ram_cache_serves_the_decoded_files(tiny_dataset):
     assert np.array_equal(cache.get(0)[0], read_image(pairs[0].image))
     assert cache.images[0].is_shared()
 
-    pipeline = build_pipeline([], "train_transforms", 3)
+    pipeline = build_pipeline([], "train_transforms", IMAGENET)
     cached = SegmentationDataset(pairs, pipeline, cache=cache)[(0, 1)]
     decoded = SegmentationDataset(pairs, pipeline)[(0, 1)]
     assert all(torch.equal(a, b) for a, b in zip(cached, decoded, strict=True))
@@ -83,10 +71,11 @@ def test_ram_cache_estimate_and_refusal(monkeypatch):
     from collections import Counter
 
     assert RamCache.estimate_bytes(Counter({(360, 480): 10}), 3) == 10 * 360 * 480 * 4
-    monkeypatch.setattr(run, "_available_memory", lambda: 10 * 2**30)
-    run._check_memory(6 * 2**30)  # fits in 70% of 10 GiB
+    assert RamCache.estimate_bytes(Counter({(360, 480): 10}), 3, bytes_per_value=2) == 10 * 360 * 480 * 7
+    monkeypatch.setattr(preflight, "_available_memory", lambda: 10 * 2**30)
+    preflight.check_memory(6 * 2**30)  # fits in 70% of 10 GiB
     with pytest.raises(ConfigError, match="cache: ram needs about 8.0 GiB but only 10.0 GiB"):
-        run._check_memory(8 * 2**30)
+        preflight.check_memory(8 * 2**30)
 
 
 def test_channels_last_trains_a_step():

@@ -11,19 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cv2.utils import logging as cv2_logging
+from PIL import Image
 
 from segcli.data.io import IMAGE_SUFFIXES, read_image
+from segcli.drawing.colours import display_image
+from segcli.drawing.pictures import overlay_with_legend
 from segcli.errors import ConfigError
-from segcli.inference import InferenceOptions, Predictor, same_size_batches
+from segcli.files import save_image
+from segcli.inference.engine import InferenceOptions, masks_from, same_size_batches, scale_warning
+from segcli.inference.loading import Predictor
 
 OVERLAYS = "overlays"
+PROBABILITIES = "probabilities"
 
 
 @dataclass
 class PredictReport:
     masks: list[Path] = field(default_factory=list)
     overlays: list[Path] = field(default_factory=list)
+    probabilities: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
@@ -63,16 +72,16 @@ def predict_files(
     files: Sequence[Path],
     output: Path,
     options: InferenceOptions,
+    *,
     overlay: bool = False,
+    probability_bits: int | None = None,
     on_done: Callable[[Path, str | None], None] | None = None,
 ) -> PredictReport:
-    """Write <output>/<stem>.png (and <output>/overlays/<stem>.png); `on_done(path, error)` per input."""
+    """Write <output>/<stem>.png (and overlays/<stem>.png, probabilities/...); `on_done(path, error)` per input."""
     on_done = on_done or (lambda path, error: None)
     _check_output(files, output, overlay)
     report = PredictReport()
     output.mkdir(parents=True, exist_ok=True)
-    if overlay:
-        (output / OVERLAYS).mkdir(exist_ok=True)
     channels = predictor.info.in_channels
 
     def readable() -> Iterator[tuple[Path, np.ndarray]]:
@@ -86,14 +95,21 @@ def predict_files(
 
     with quiet_opencv():
         for batch in same_size_batches(readable(), options.batch_size):
-            masks = predictor.predict([image for _, image in batch], options)
-            for (path, image), mask in zip(batch, masks, strict=True):
+            height, width = batch[0][1].shape[:2]
+            warning = None if options.resize else scale_warning(predictor.info, height, width)
+            if warning and warning not in report.warnings:
+                report.warnings.append(warning)
+            probs = predictor.probabilities([image for _, image in batch], options)
+            masks = masks_from(probs, len(predictor.info.class_names))
+            for (path, image), mask, prob in zip(batch, masks, probs, strict=True):
                 report.masks.append(write_mask(mask, output / f"{path.stem}.png"))
                 if overlay:
-                    picture = overlay_with_legend(image, mask, predictor.info.class_names)
-                    target = output / OVERLAYS / f"{path.stem}.png"
-                    picture.save(target)
-                    report.overlays.append(target)
+                    picture = overlay_with_legend(display_image(image), mask, predictor.info.class_names)
+                    report.overlays.append(save_image(output / OVERLAYS / f"{path.stem}.png", picture))
+                if probability_bits:
+                    report.probabilities += write_probabilities(
+                        prob.cpu().numpy(), path.stem, output, predictor.info, probability_bits
+                    )
                 on_done(path, None)
     return report
 
@@ -101,14 +117,12 @@ def predict_files(
 @contextmanager
 def quiet_opencv() -> Iterator[None]:
     """OpenCV logs its own decoder errors to stderr; the skip message says it once, with the file name."""
-    from cv2.utils import logging
-
-    level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_SILENT)
     try:
         yield
     finally:
-        logging.setLogLevel(level)
+        cv2_logging.setLogLevel(level)
 
 
 def _check_output(files: Sequence[Path], output: Path, overlay: bool) -> None:
@@ -128,40 +142,16 @@ def _check_output(files: Sequence[Path], output: Path, overlay: bool) -> None:
 
 def write_mask(mask: np.ndarray, path: Path) -> Path:
     """Single-channel PNG of class indices: 8-bit, or 16-bit beyond 256 classes."""
-    from PIL import Image
-
-    Image.fromarray(mask).save(path)
-    return path
+    return save_image(path, Image.fromarray(mask))
 
 
-def overlay_with_legend(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str]):
-    """The image with the coloured mask blended over it and, below, a legend of the classes it shows."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from segcli.data.visualize import overlay, palette
-
-    colours = palette(len(class_names))
-    picture = Image.fromarray(overlay(image, mask, colours))
-    font = ImageFont.load_default(size=14)
-    present = [int(index) for index in np.unique(mask) if index < len(class_names)]
-    labels = [f"{index} {class_names[index]}" for index in present]
-    swatch, margin, line = 14, 6, 20
-    widths = [swatch + 4 + int(font.getlength(label)) + 2 * margin for label in labels]
-    canvas_width = max([picture.width, *(width + margin for width in widths)])
-    lines, x = 1, margin
-    for width in widths:  # wrap entries to the picture's width
-        if x + width > canvas_width and x > margin:
-            lines, x = lines + 1, margin
-        x += width
-    canvas = Image.new("RGB", (canvas_width, picture.height + lines * line + margin), "white")
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x, y = margin, picture.height + margin // 2
-    for index, label, width in zip(present, labels, widths, strict=True):
-        if x + width > canvas_width and x > margin:
-            x, y = margin, y + line
-        colour = tuple(int(c) for c in colours[index])
-        draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour, outline="black")
-        draw.text((x + swatch + 4, y), label, fill="black", font=font)
-        x += width
-    return canvas
+def write_probabilities(probs: np.ndarray, stem: str, output: Path, info, bits: int) -> list[Path]:
+    """KxHxW probabilities as PNGs scaled to 8 or 16 bits: for a binary model the foreground's, as
+    `<stem>.png`; otherwise one per class, `<stem>/<index>_<class>.png`."""
+    scale, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    quantised = np.rint(probs * scale).astype(dtype)
+    folder = output / PROBABILITIES
+    if info.binary:
+        return [save_image(folder / f"{stem}.png", Image.fromarray(quantised[1]))]
+    return [save_image(folder / stem / f"{index}_{name}.png", Image.fromarray(quantised[index]))
+            for index, name in enumerate(info.class_names)]  # fmt: skip

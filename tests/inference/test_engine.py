@@ -8,24 +8,30 @@ import numpy as np
 import pytest
 import torch
 
+from segcli.artifacts import ModelInfo
 from segcli.data.io import Pair
 from segcli.errors import CheckpointError
-from segcli.evaluation import evaluate_pairs
-from segcli.inference import (
+from segcli.inference.engine import (
     InferenceOptions,
-    ModelInfo,
-    Predictor,
     crop,
-    open_model,
+    model_scores,
     pad_to_multiple,
     probabilities,
-    quiet_torch_deprecations,
-    resolve_model_path,
     same_size_batches,
     tile_starts,
     to_batch,
 )
-from tests.inference_support import make_checkpoint, write_png
+from segcli.inference.evaluate import evaluate_pairs
+from segcli.inference.loading import (
+    Predictor,
+    load_checkpoint_model,
+    open_model,
+    quiet_torch_deprecations,
+    resolve_model_path,
+)
+from tests.inference.support import make_checkpoint, write_png
+
+HALF = {"mode": "explicit", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "max_pixel_value": 255.0}
 
 
 def _info(classes: int = 3, multiple: int = 1, ignore_index: int | None = None, names=None) -> ModelInfo:
@@ -36,8 +42,7 @@ def _info(classes: int = 3, multiple: int = 1, ignore_index: int | None = None, 
         classes=classes,
         class_names=names or [f"c{i}" for i in range(classes)],
         ignore_index=ignore_index,
-        mean=[0.5, 0.5, 0.5],
-        std=[0.5, 0.5, 0.5],
+        normalization=HALF,
         size_multiple=multiple,
     )
 
@@ -53,6 +58,10 @@ def _per_pixel_model(classes: int, multiple: int = 1, seen: list | None = None):
         return torch.einsum("kc,nchw->nkhw", weight, batch)
 
     return forward
+
+
+def _probabilities(forward, batch: torch.Tensor, multiple: int, options: InferenceOptions) -> torch.Tensor:
+    return probabilities(model_scores(forward, multiple), batch, multiple, options)
 
 
 def _random_batch(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -97,7 +106,7 @@ def test_odd_sizes_reach_the_model_padded_and_come_back_cropped():
     seen: list = []
     forward = _per_pixel_model(4, multiple=32, seen=seen)
     batch = _random_batch(97, 131)
-    result = probabilities(forward, batch, 32, InferenceOptions())
+    result = _probabilities(forward, batch, 32, InferenceOptions())
     assert seen == [(1, 3, 128, 160)]
     assert result.shape == (1, 4, 97, 131)
     expected = _per_pixel_model(4)(batch).softmax(1)  # same weights, no size rule, no padding
@@ -119,9 +128,9 @@ def test_sliding_window_equals_whole_image_for_a_per_pixel_model():
     seen: list = []
     forward = _per_pixel_model(5, multiple=8, seen=seen)
     batch = _random_batch(97, 131)
-    whole = probabilities(forward, batch, 8, InferenceOptions())
+    whole = _probabilities(forward, batch, 8, InferenceOptions())
     seen.clear()
-    tiled = probabilities(forward, batch, 8, InferenceOptions(tile=37, overlap=0.25, batch_size=3))
+    tiled = _probabilities(forward, batch, 8, InferenceOptions(tile=37, overlap=0.25, batch_size=3))
     torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
     assert torch.equal(tiled.argmax(1), whole.argmax(1))
     # 37 rounds up to 40; windows: 3 rows x 5 columns of 40x40 tiles, at most 3 per forward pass.
@@ -136,7 +145,7 @@ def test_sliding_window_blends_overlaps_of_a_position_dependent_model():
         ramp = torch.linspace(0, 4, batch.shape[-1]).expand(batch.shape[0], 1, batch.shape[-2], -1)
         return torch.cat([ramp, torch.full_like(ramp, 2.0)], 1)
 
-    tiled = probabilities(forward, torch.zeros(1, 3, 16, 64), 1, InferenceOptions(tile=32, overlap=0.5))
+    tiled = _probabilities(forward, torch.zeros(1, 3, 16, 64), 1, InferenceOptions(tile=32, overlap=0.5))
     assert tiled.shape == (1, 2, 16, 64)
     assert torch.all(tiled.sum(1).sub(1).abs() < 1e-6)
     # Where two tiles overlap (columns 16..47), the result lies between the tiles' own values.
@@ -152,8 +161,8 @@ def test_flip_tta_averages_the_mirrored_prediction():
         return torch.cat([batch[:, :1] + ramp, batch[:, 1:2] - ramp, batch[:, 2:]], 1)
 
     batch = _random_batch(33, 47)
-    plain = probabilities(forward, batch, 1, InferenceOptions())
-    tta = probabilities(forward, batch, 1, InferenceOptions(flip_tta=True))
+    plain = _probabilities(forward, batch, 1, InferenceOptions())
+    tta = _probabilities(forward, batch, 1, InferenceOptions(flip_tta=True))
     expected = (forward(batch).softmax(1) + forward(batch.flip(-1)).softmax(1).flip(-1)) / 2
     assert tta.shape == plain.shape == (1, 3, 33, 47)
     torch.testing.assert_close(tta, expected)
@@ -163,8 +172,8 @@ def test_flip_tta_averages_the_mirrored_prediction():
 def test_flip_tta_with_tiles_keeps_the_shape():
     forward = _per_pixel_model(4, multiple=16)
     batch = _random_batch(70, 90)
-    result = probabilities(forward, batch, 16, InferenceOptions(tile=32, flip_tta=True))
-    whole = probabilities(forward, batch, 16, InferenceOptions())
+    result = _probabilities(forward, batch, 16, InferenceOptions(tile=32, flip_tta=True))
+    whole = _probabilities(forward, batch, 16, InferenceOptions())
     assert result.shape == (1, 4, 70, 90)
     torch.testing.assert_close(result, whole, atol=1e-6, rtol=0)  # a per-pixel model is mirror-equivariant
 
@@ -183,8 +192,11 @@ def test_preprocessing_matches_the_training_pipeline():
     from segcli.data.transforms import build_pipeline
 
     image = np.random.default_rng(0).integers(0, 256, (13, 17, 3), dtype=np.uint8)
-    info = ModelInfo("unet", "resnet18", 3, 2, ["a", "b"], None, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1)
-    expected = build_pipeline([], "val_transforms", 3)(image=image, mask=np.zeros((13, 17), np.uint8))["image"]
+    normalization = {"mode": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                     "max_pixel_value": 255.0}  # fmt: skip
+    info = ModelInfo("unet", "resnet18", 3, 2, ["a", "b"], None, normalization, 1)
+    pipeline = build_pipeline([], "val_transforms", normalization)
+    expected = pipeline(image=image, mask=np.zeros((13, 17), np.uint8))["image"]
     assert torch.equal(to_batch([image], info)[0], expected)
 
 
@@ -199,9 +211,7 @@ def test_checkpoint_predicts_masks_of_any_input_size(checkpoints, arch):
     assert all(mask.dtype == np.uint8 and mask.max() < 4 for mask in masks)
     if arch == "fpn":  # the padding is what makes this work: FPN itself refuses 97x131
         model = torch.load(checkpoints[arch], weights_only=True)
-        assert model["size_multiple"] == 32
-        from segcli.inference import load_checkpoint_model
-
+        assert model["model"]["size_multiple"] == 32
         with pytest.raises(RuntimeError, match="divisible by 32"):
             load_checkpoint_model(checkpoints[arch])[0](torch.zeros(1, 3, 97, 131))
 
@@ -236,7 +246,7 @@ def test_evaluation_equals_a_hand_computed_confusion_matrix(tmp_path):
         return torch.cat([batch, torch.full_like(batch[:, :1], -10.0)], 1)
 
     info = _info(classes=4, ignore_index=255, names=["red", "green", "blue", "never"])
-    predictor = Predictor(forward, info, "test", tmp_path)
+    predictor = Predictor(model_scores(forward, 1), info, "test", tmp_path)
     images = [
         np.array([[R, G, B], [R, R, B]], np.uint8),  # predicted [[0, 1, 2], [0, 0, 2]]
         np.array([[B, B, G], [R, G, G]], np.uint8),  # predicted [[2, 2, 1], [0, 1, 1]]

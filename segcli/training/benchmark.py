@@ -19,13 +19,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger
 
+from segcli.artifacts import RunDir, RunRecord
 from segcli.config.schema import Experiment
-from segcli.models.registry import build_optimizer
-from segcli.models.task import SegmentationTask, predictions
-from segcli.training.callbacks import SegcliCheckpoints
-from segcli.training.metrics import ConfusionMatrix
-from segcli.training.run import Prepared, RunOptions, build_trainer, make_loaders, prepare
+from segcli.files import BackgroundWriter
+from segcli.models.metrics import ConfusionMatrix, predictions
+from segcli.models.optim import build_optimizer
+from segcli.models.task import SegmentationTask
+from segcli.training.callbacks.checkpoints import RunCheckpoints
+from segcli.training.loaders import make_datasets, make_loaders
+from segcli.training.preflight import Plan, preflight
+from segcli.training.run import build_trainer
 
 WARMUP = 3  # first steps pay one-off costs (kernel selection, allocator growth, worker start)
 ROUNDS = 2
@@ -83,12 +88,13 @@ def _train_step(task: SegmentationTask, optimizer, scaler, images, masks, exp: E
     return logits
 
 
-def _model_rate(exp, class_names, prepared: Prepared, device, steps: int) -> tuple[float, float]:
+def _model_rate(plan: Plan, batch, device, steps: int) -> tuple[float, float]:
     """Images/s of the model alone, and the time of one confusion-matrix update (seconds)."""
-    task = _fresh_task(exp, class_names, device)
+    exp = plan.experiment
+    task = _fresh_task(exp, plan.class_names, device)
     optimizer = build_optimizer(exp.optimizer, task.parameters(), exp.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=exp.precision == "16-mixed")
-    images, masks = _on_device(next(iter(prepared.loaders["train"])), device, exp)
+    images, masks = _on_device(batch, device, exp)
     for _ in range(WARMUP):
         logits = _train_step(task, optimizer, scaler, images, masks, exp, device)
     _sync(device)
@@ -98,21 +104,22 @@ def _model_rate(exp, class_names, prepared: Prepared, device, steps: int) -> tup
     _sync(device)
     rate = steps * len(images) / (time.perf_counter() - started)
 
-    metric = ConfusionMatrix(exp.model.classes, exp.ignore_index).to(device)
+    metric = ConfusionMatrix(len(plan.class_names), exp.ignore_index).to(device)
     metric.update(predictions(logits.detach()), masks)  # warm-up
     _sync(device)
     started = time.perf_counter()
-    for _ in range(steps):  # what the step adds for metrics: predictions and one bincount
+    for _ in range(steps):  # what the step adds for metrics: predictions and one confusion-matrix update
         metric.update(predictions(logits.detach()), masks)
     _sync(device)
     return rate, (time.perf_counter() - started) / steps
 
 
-def _bare_rate(exp, class_names, prepared: Prepared, device, steps: int, workers: int) -> float:
-    task = _fresh_task(exp, class_names, device)
+def _bare_rate(plan: Plan, datasets, device, steps: int) -> float:
+    exp = plan.experiment
+    task = _fresh_task(exp, plan.class_names, device)
     optimizer = build_optimizer(exp.optimizer, task.parameters(), exp.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=exp.precision == "16-mixed")
-    loader = make_loaders(exp, prepared.datasets, workers, device.type == "cuda")["train"]
+    loader = make_loaders(plan, datasets)["train"]
     started = None
     for step, batch in enumerate(_batches(loader)):
         if step == WARMUP:
@@ -141,23 +148,23 @@ class _Throughput(pl.Callback):
             self.rate = self.steps * self.batch_size / (time.perf_counter() - self.started)
 
 
-def _train_rate(exp, class_names, prepared: Prepared, device, steps: int, workers: int) -> tuple[float, Any]:
-    from pytorch_lightning.callbacks import LearningRateMonitor
-    from pytorch_lightning.loggers import CSVLogger
-
-    task = _fresh_task(exp, class_names, torch.device("cpu"))
-    loaders = make_loaders(exp, prepared.datasets, workers, device.type == "cuda")
+def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
+    exp = plan.experiment
+    task = _fresh_task(exp, plan.class_names, torch.device("cpu"))
+    loaders = make_loaders(plan, datasets)
     timer = _Throughput(device, steps, exp.batch_size)
     utilization = None
+    writer = BackgroundWriter()
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoints = SegcliCheckpoints(Path(scratch), "benchmark", prepared.normalization, prepared.size_multiple)
-        callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), timer]
+        run_dir = RunDir(Path(scratch))
+        checkpoints = RunCheckpoints(run_dir=run_dir, writer=writer, info=plan.info, run_name="benchmark",
+                                     record=RunRecord("benchmark"), monitor=exp.monitor)  # fmt: skip
         trainer = build_trainer(
-            exp,
-            prepared,
-            CSVLogger(scratch),
-            callbacks,
+            plan,
+            logger=CSVLogger(scratch),
+            callbacks=[checkpoints, timer],
             progress=False,
+            writer=writer,
             max_epochs=-1,
             max_steps=WARMUP + steps,
             limit_val_batches=0,
@@ -165,6 +172,7 @@ def _train_rate(exp, class_names, prepared: Prepared, device, steps: int, worker
             default_root_dir=scratch,
         )
         trainer.fit(task, loaders["train"])
+        writer.close()
         if device.type == "cuda":
             try:
                 utilization = torch.cuda.utilization(device)
@@ -177,21 +185,23 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
-def run_benchmark(experiment: Experiment, options: RunOptions, steps: int) -> dict[str, Any]:
+def run_benchmark(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str, force_cpu: bool,
+                  steps: int) -> dict[str, Any]:  # fmt: skip
     """Measure every section and return one plain document (the CLI prints it)."""
-    prepared = prepare(experiment, options)
+    plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
     exp = experiment
-    device = torch.device("cuda", prepared.devices[0]) if prepared.accelerator == "gpu" else torch.device("cpu")
-    workers = prepared.loaders["train"].num_workers
+    device = torch.device("cuda", plan.devices[0]) if plan.accelerator == "gpu" else torch.device("cpu")
+    datasets = make_datasets(plan)
+    train_loader = make_loaders(plan, datasets)["train"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loader = _loader_rate(prepared.loaders["train"], max(steps, 10), exp.batch_size)
-    model, metric_seconds = _model_rate(exp, options.class_names, prepared, device, steps)
+    loader = _loader_rate(train_loader, max(steps, 10), exp.batch_size)
+    model, metric_seconds = _model_rate(plan, next(iter(train_loader)), device, steps)
     # Alternated and repeated: the best of each is the least disturbed by the machine's other work.
     trains, bares = [], []
     for _ in range(ROUNDS):
-        bares.append(_bare_rate(exp, options.class_names, prepared, device, steps, workers))
-        rate, utilization = _train_rate(exp, options.class_names, prepared, device, steps, workers)
+        bares.append(_bare_rate(plan, datasets, device, steps))
+        rate, utilization = _train_rate(plan, datasets, device, steps)
         trains.append(rate)
     train, bare = max(trains), max(bares)
     step_seconds = exp.batch_size / train
@@ -201,11 +211,11 @@ def run_benchmark(experiment: Experiment, options: RunOptions, steps: int) -> di
             "cpus": torch.get_num_threads(),
             "torch": torch.__version__,
         },
-        "experiment": options.experiment_name,
+        "experiment": name,
         "arch": f"{exp.model.arch}/{exp.model.encoder_name}",
         "batch_size": exp.batch_size,
         "steps": steps,
-        "num_workers": workers,
+        "num_workers": plan.workers,
         "precision": exp.precision,
         "channels_last": exp.channels_last,
         "compile": exp.compile,

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segcli.artifacts import Checkpoint, ModelInfo
 from segcli.config.schema import Experiment, ModelConfig
 from segcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segcli.files import save_torch
 from segcli.models.registry import size_multiple
 from segcli.models.task import SegmentationTask
-from segcli.training.checkpoints import atomic_save, checkpoint_payload
 
 TINY_CLASSES = ["background", "disc", "square", "triangle"]
+IMAGENET = {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "max_pixel_value": 255.0}
 
 
 def make_checkpoint(
@@ -45,18 +47,27 @@ def make_checkpoint(
             head.weight.zero_()
             head.bias.zero_()
             head.bias[constant_class] = 5.0
-    payload = checkpoint_payload(
-        task.model.state_dict(),
-        task,
-        epoch=2,
-        global_step=30,
-        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+    info = ModelInfo(
+        arch=arch,
+        encoder_name="resnet18",
+        in_channels=3,
+        classes=len(class_names),
+        class_names=list(class_names),
+        ignore_index=ignore_index,
+        normalization=IMAGENET,
         size_multiple=size_multiple(task.model),
-        run_name="tiny-run",
-        metrics={"val/mIoU": miou, "val/loss": 1.0},
-        kind="ckpt_best",
+        model_params=dict(params or {}),
     )
-    atomic_save(payload, path)
+    checkpoint = Checkpoint(
+        info=info,
+        state_dict=task.model.state_dict(),
+        epoch=3,
+        global_step=30,
+        metrics={"val/mIoU": miou, "val/loss": 1.0},
+        run_name="tiny-run",
+        experiment=task.experiment.model_dump(mode="json"),
+    )
+    save_torch(checkpoint.payload(), path)
     return path
 
 

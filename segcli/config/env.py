@@ -53,6 +53,10 @@ def dataset_path(option: Path | None) -> Path:
     return option
 
 
+def has_class_names() -> bool:
+    return bool(os.environ.get("CLASS_NAMES"))
+
+
 def class_names(option: str | None) -> list[str]:
     """--classes, else CLASS_NAMES: comma-separated names in label order."""
     value = option if option is not None else os.environ.get("CLASS_NAMES")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from segcli.training.metrics import ConfusionMatrix, epoch_metrics, logged_metric_keys, scores
+from segcli.models.metrics import ConfusionMatrix, epoch_metrics, logged_metric_keys, scores
 
 
 def t(values) -> torch.Tensor:

@@ -1,0 +1,46 @@
+"""`segcli find-lr`: Lightning's learning-rate range test on the experiment's real model and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segcli.cli.common import ClassesOpt, ConfigOpt, DatasetOpt, stdout_console
+
+
+def find_lr(
+    config: ConfigOpt,
+    experiment: Annotated[str, typer.Option("--experiment", "-e", metavar="NAME", help="Experiment name.")],
+    dataset: DatasetOpt = None,
+    classes: ClassesOpt = None,
+    min_lr: Annotated[float, typer.Option(min=0.0, metavar="LR", help="Smallest learning rate tried.")] = 1e-7,
+    max_lr: Annotated[float, typer.Option(min=0.0, metavar="LR", help="Largest learning rate tried.")] = 1.0,
+    steps: Annotated[int, typer.Option(min=10, metavar="N", help="Training steps, one learning rate each.")] = 100,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Plot of loss vs lr.")] = Path(
+        "lr_finder.png"
+    ),
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Also print the `segcli train ... --set lr=...` command to use.")
+    ] = False,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
+) -> None:
+    """Train a few steps with a rising learning rate and suggest the one where the loss falls fastest."""
+    from segcli.config import env
+    from segcli.config.loader import load_experiment_file, resolve_experiment
+    from segcli.training.lr_finder import find_learning_rate
+
+    env.load_env_file()
+    resolved = resolve_experiment(load_experiment_file(config), experiment, config)
+    finding = find_learning_rate(
+        resolved, dataset=env.dataset_path(dataset), class_names=env.class_names(classes), name=experiment,
+        force_cpu=cpu, min_lr=min_lr, max_lr=max_lr, steps=steps, plot=output,
+    )  # fmt: skip
+    console = stdout_console()
+    if finding.suggestion is None:
+        console.print(f"no suggestion: the loss did not fall over {min_lr:g}..{max_lr:g}; see {output}")
+        raise typer.Exit(1)
+    console.print(f"suggested lr: {finding.suggestion:.3g} (the experiment has {resolved.lr:g}); plot: {output}")
+    if apply:
+        console.print(f"segcli train -c {config} -e {experiment} --set lr={finding.suggestion:.3g}")

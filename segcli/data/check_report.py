@@ -1,0 +1,207 @@
+"""What the dataset check found: problems, per-split statistics, their JSON form, the cache, plain text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from segcli.data.io import IMAGES, LABELS
+from segcli.errors import DatasetError
+from segcli.files import write_text
+
+ERROR, WARNING = "error", "warning"
+NAMES_KEPT = 5  # file names kept per group (values outside the classes, odd channel counts)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    split: str
+    file: str | None
+    detail: str
+    severity: str = ERROR
+
+
+@dataclass
+class SplitStats:
+    pairs: int = 0
+    class_pixels: list[int] = field(default_factory=list)
+    ignored_pixels: int = 0
+    image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
+    channels: Counter = field(default_factory=Counter)  # channel count -> images
+    channel_examples: dict[int, list[str]] = field(default_factory=dict)
+    bad_values: dict[int, list] = field(default_factory=dict)  # value -> [files, first names]
+    masks_read: int = 0
+    binary_255_masks: int = 0  # masks holding only 0 and 255: saved binary masks
+    dtypes: Counter = field(default_factory=Counter)  # image dtype name -> images
+    max_value: float = 0.0  # the largest pixel value of any image
+    channel_sums: list[float] = field(default_factory=list)  # per channel, over sampled pixels (most common count)
+    channel_squares: list[float] = field(default_factory=list)
+    sampled_pixels: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["image_sizes"] = [[h, w, n] for (h, w), n in sorted(self.image_sizes.items())]
+        data["channels"] = {str(c): n for c, n in sorted(self.channels.items())}
+        data["channel_examples"] = {str(c): names for c, names in self.channel_examples.items()}
+        data["bad_values"] = {str(v): entry for v, entry in sorted(self.bad_values.items())}
+        data["dtypes"] = dict(self.dtypes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitStats:
+        return cls(
+            **{
+                **data,
+                "image_sizes": Counter({(h, w): n for h, w, n in data["image_sizes"]}),
+                "channels": Counter({int(c): n for c, n in data["channels"].items()}),
+                "channel_examples": {int(c): names for c, names in data["channel_examples"].items()},
+                "bad_values": {int(v): entry for v, entry in data["bad_values"].items()},
+                "dtypes": Counter(data["dtypes"]),
+            }
+        )
+
+    @property
+    def dtype(self) -> str | None:
+        return self.dtypes.most_common(1)[0][0] if self.dtypes else None
+
+    @property
+    def bits_used(self) -> int | None:
+        """For integer images: the bit depth the values actually need (12 for 16-bit files holding 0..4095)."""
+        if self.dtype is None or not self.dtype.startswith(("uint", "int")):
+            return None
+        return max(1, int(self.max_value).bit_length())
+
+    def max_pixel_value(self) -> float:
+        """The scale that maps the images to 0..1: 255 for 8-bit, 2^bits - 1 for deeper integers, 1 for floats."""
+        if self.dtype in (None, "uint8"):
+            return 255.0
+        bits = self.bits_used
+        return float(2**bits - 1) if bits else 1.0
+
+    def channel_mean_std(self, max_pixel_value: float) -> tuple[list[float], list[float]] | None:
+        """Per-channel mean and std of the sampled pixels, in units of `max_pixel_value`."""
+        if not self.sampled_pixels:
+            return None
+        n = self.sampled_pixels
+        means = [total / n for total in self.channel_sums]
+        stds = [
+            max(squares / n - mean**2, 0.0) ** 0.5 for squares, mean in zip(self.channel_squares, means, strict=True)
+        ]
+        return [m / max_pixel_value for m in means], [s / max_pixel_value for s in stds]
+
+
+@dataclass
+class DatasetReport:
+    root: Path
+    class_names: list[str]
+    ignore_index: int | None
+    problems: list[Problem] = field(default_factory=list)
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    label_map: dict[int, int] | None = None
+    from_cache: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    def to_dict(self) -> dict:
+        kinds = Counter(p.kind for p in self.problems)
+        return {
+            "root": str(self.root),
+            "class_names": self.class_names,
+            "ignore_index": self.ignore_index,
+            "label_map": {str(k): v for k, v in (self.label_map or {}).items()} or None,
+            "summary": {
+                "pairs": {split: stats.pairs for split, stats in self.splits.items()},
+                "errors": len(self.errors),
+                "warnings": len(self.warnings),
+                "by_kind": dict(sorted(kinds.items())),
+            },
+            "problems": [asdict(p) for p in self.problems],
+            "splits": {split: stats.to_dict() for split, stats in self.splits.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetReport:
+        return cls(
+            root=Path(data["root"]),
+            class_names=data["class_names"],
+            ignore_index=data["ignore_index"],
+            label_map={int(k): v for k, v in data["label_map"].items()} if data.get("label_map") else None,
+            problems=[Problem(**p) for p in data["problems"]],
+            splits={split: SplitStats.from_dict(s) for split, s in data["splits"].items()},
+        )
+
+    def require_clean(self, what: str) -> DatasetReport:
+        """Raise the one DatasetError every command gives for a dataset that fails the check."""
+        if self.errors:
+            raise DatasetError(
+                f"{what} failed the dataset check ({len(self.errors)} problems):\n" + format_problems(self.errors)
+            )
+        return self
+
+
+def format_problems(problems: list[Problem], limit: int = 20) -> str:
+    """Plain text, one line per problem, grouped by kind; summaries (no file) first within a kind."""
+    lines = []
+    for problem in sorted(problems, key=lambda p: (p.kind, p.split, p.file or ""))[:limit]:
+        where = f"{problem.split}/{problem.file}" if problem.file else problem.split
+        lines.append(f"  [{problem.kind}] {where}: {problem.detail}")
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more (run `segcli validate-dataset` for the full report)")
+    return "\n".join(lines)
+
+
+# --- cache ------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SEGCLI_CACHE_DIR"):
+        return Path(os.environ["SEGCLI_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
+
+
+CACHE_VERSION = 2  # bumped when the report gains fields: older entries are simply recomputed
+
+
+def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:
+    """Hash of the settings and every file's name, size and mtime: any change means a new check."""
+    splits = list(splits)
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), splits, settings]).encode())
+    for split in splits:
+        for kind in (IMAGES, LABELS):
+            folder = root / split / kind
+            if folder.is_dir():
+                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                    stat = entry.stat()
+                    digest.update(f"{split}/{kind}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def read_cached(key: str) -> DatasetReport | None:
+    path = cache_dir() / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        report = DatasetReport.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable cache entry is simply recomputed
+    report.from_cache = True
+    return report
+
+
+def write_cached(key: str, report: DatasetReport) -> None:
+    try:
+        write_text(cache_dir() / f"{key}.json", json.dumps(report.to_dict()))
+    except OSError:
+        pass  # a read-only home only costs the next run a re-check

@@ -1,0 +1,44 @@
+"""Device selection, the same for training and inference: `--cpu`, one GPU by index, or several devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from segcli.errors import ConfigError
+
+
+def _missing_gpu(key: str, wanted: Any, count: int) -> ConfigError:
+    have = f"only {count} CUDA GPU{'s' if count != 1 else ''}" if count else "no CUDA GPU"
+    return ConfigError(
+        f"{key} {wanted} was requested but this machine has {have}; run on the CPU with `--cpu` "
+        "(or `gpu: null` in the experiment: GPU 0 when there is one, else the CPU)"
+    )
+
+
+def select_devices(
+    gpu: int | None = None, devices: int | list[int] | None = None, cpu: bool = False, gpu_key: str = "gpu:"
+) -> tuple[str, Any]:
+    """(accelerator, devices) as Lightning takes them. `devices: N` without a GPU means N CPU processes."""
+    count = 0 if cpu else torch.cuda.device_count()
+    if devices is not None:
+        if not count:
+            return "cpu", devices if isinstance(devices, int) else len(devices)
+        wanted = max(devices) + 1 if isinstance(devices, list) else devices
+        if wanted > count:
+            raise _missing_gpu("devices:", devices, count)
+        return "gpu", devices
+    if cpu:
+        return "cpu", 1
+    if gpu is None:
+        return ("gpu", [0]) if count else ("cpu", 1)
+    if gpu >= count:
+        raise _missing_gpu(gpu_key, gpu, count)
+    return "gpu", [gpu]
+
+
+def inference_device(gpu: int | None = None, cpu: bool = False) -> torch.device:
+    """One device for predict/evaluate/export: --cpu, --gpu N, else cuda:0 when there is a GPU."""
+    accelerator, devices = select_devices(gpu=gpu, cpu=cpu, gpu_key="--gpu")
+    return torch.device(f"cuda:{devices[0]}") if accelerator == "gpu" else torch.device("cpu")

@@ -1,0 +1,90 @@
+"""Charts (matplotlib, without pyplot's global state, so they can be drawn on the writer thread).
+
+matplotlib is the one well-kept plotting library every segmentation user already has; drawing curves
+with PIL by hand would be more code and less legible. Figures are returned unsaved: the caller writes
+them atomically (`segcli.artifacts.save_image`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from matplotlib.figure import Figure
+
+from segcli.drawing.colours import palette
+
+STAGE_STYLES = {"train": ("tab:blue", "-"), "val": ("tab:orange", "-"), "val_ema": ("tab:green", "--")}
+
+
+def _series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["epoch"], row[key]) for row in rows if key in row and row[key] is not None]
+    points = [(epoch, value) for epoch, value in points if not math.isnan(value)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def results_chart(rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str) -> Figure:
+    """Loss, mIoU, mDCC (train, val, EMA when present) and the learning rate per epoch; best epoch marked."""
+    figure = Figure(figsize=(11, 7), layout="constrained")
+    axes = figure.subplots(2, 2)
+    panels = [("loss", axes[0][0], True), ("mIoU", axes[0][1], False), ("mDCC", axes[1][0], False)]
+    for metric, ax, is_loss in panels:
+        for stage, (colour, style) in STAGE_STYLES.items():
+            epochs, values = _series(rows, f"{stage}/{metric}")
+            if epochs:
+                ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=stage)
+        ax.set_title(metric + (" (lower is better)" if is_loss else ""))
+        if not is_loss:
+            ax.set_ylim(0, 1)
+    lr_axis = axes[1][1]
+    epochs, values = _series(rows, "lr")
+    if epochs:
+        lr_axis.plot(epochs, values, color="tab:gray", marker="o", markersize=3)
+        if min(values) > 0 and max(values) / min(values) > 20:
+            lr_axis.set_yscale("log")
+    lr_axis.set_title("learning rate")
+    for ax in (*(p[1] for p in panels), lr_axis):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:red", alpha=0.4, linestyle=":", label=f"best (epoch {best_epoch})")
+        if ax is not lr_axis and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def per_class_chart(scores: Mapping[str, float], title: str) -> Figure:
+    """IoU per class as horizontal bars, best on top, in the classes' own colours; NaN classes listed as absent."""
+    names = list(scores)
+    colours = {name: tuple(c / 255 for c in colour) for name, colour in zip(names, palette(len(names)), strict=True)}
+    present = sorted((name for name in names if not math.isnan(scores[name])), key=lambda name: scores[name])
+    absent = [name for name in names if math.isnan(scores[name])]
+    figure = Figure(figsize=(7, 1.2 + 0.32 * max(len(names), 1)), layout="constrained")
+    ax = figure.subplots()
+    bars = ax.barh(present, [scores[name] for name in present], color=[colours[name] for name in present],
+                   edgecolor="black", linewidth=0.5)  # fmt: skip
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("IoU")
+    ax.grid(axis="x", alpha=0.3)
+    if absent:
+        title += f"\nabsent (NaN, left out of the mean): {', '.join(absent)}"
+    ax.set_title(title, fontsize=10)
+    return figure
+
+
+def lr_finder_chart(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None, title: str) -> Figure:
+    """Loss against learning rate (log scale), the suggested rate marked."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(lrs, losses, color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.grid(alpha=0.3, which="both")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2e}")
+        ax.legend()
+    ax.set_title(title)
+    return figure

@@ -1,0 +1,187 @@
+"""`evaluate_split()`: a model over a whole dataset split, scored with training's own metric code.
+
+The predictions come from the same inference core `predict` uses, in the same order and batches; the
+scores come from `segcli.models.metrics` (one confusion matrix over the split, ignore_index left out,
+absent classes NaN and out of the means), so the numbers are those training logs for that split.
+Each image is also scored on its own (its own confusion matrix), which ranks the worst images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segcli.artifacts import json_number
+from segcli.data.checks import check_dataset_cached
+from segcli.data.io import Pair, label_lookup, list_pairs, map_labels, read_image, read_mask
+from segcli.drawing.colours import display_image
+from segcli.drawing.pictures import Sample
+from segcli.errors import DatasetError
+from segcli.inference.engine import InferenceOptions, masks_from, same_size_batches
+from segcli.inference.loading import Predictor
+from segcli.models.metrics import add_confusion, epoch_metrics, scores
+
+
+@dataclass
+class ImageScore:
+    name: str
+    mIoU: float
+    """Mean IoU over the classes present in this image's target or prediction (NaN if none)."""
+    iou: list[float]
+    pixels: int
+
+
+@dataclass
+class Evaluation:
+    split: str
+    images: int
+    class_names: list[str]
+    ignore_index: int | None
+    matrix: Any
+    """K x K int64 tensor: rows target class, columns predicted class."""
+    metrics: dict[str, float]
+    """training's keys: `<split>/mIoU`, `<split>/mDCC`, `<split>/pixel_accuracy`, `<split>/IoU/<class>`, ..."""
+    per_image: list[ImageScore] = field(default_factory=list)
+
+    def worst(self, count: int) -> list[ImageScore]:
+        """The `count` images with the lowest per-image mIoU (images with nothing to score last)."""
+        ranked = sorted(self.per_image, key=lambda s: (np.isnan(s.mIoU), s.mIoU, s.name))
+        return ranked[:count]
+
+    def to_dict(self, per_image: bool = False) -> dict[str, Any]:
+        s = self.split
+        pixels = self.matrix.sum(1).tolist()
+        document = {
+            "split": s,
+            "images": self.images,
+            "class_names": self.class_names,
+            "ignore_index": self.ignore_index,
+            "mIoU": json_number(self.metrics[f"{s}/mIoU"]),
+            "mDCC": json_number(self.metrics[f"{s}/mDCC"]),
+            "pixel_accuracy": json_number(self.metrics[f"{s}/pixel_accuracy"]),
+            "per_class": {
+                name: {
+                    "IoU": json_number(self.metrics[f"{s}/IoU/{name}"]),
+                    "Dice": json_number(self.metrics[f"{s}/Dice/{name}"]),
+                    "pixels": pixels[index],
+                }
+                for index, name in enumerate(self.class_names)
+            },
+            "metrics": {key: json_number(value) for key, value in self.metrics.items()},
+            "confusion_matrix": self.matrix.tolist(),
+        }
+        if per_image:
+            document["per_image"] = [
+                {"image": score.name, "mIoU": json_number(score.mIoU), "pixels": score.pixels,
+                 "IoU": {name: json_number(v) for name, v in zip(self.class_names, score.iou, strict=True)}}
+                for score in self.per_image
+            ]  # fmt: skip
+        return document
+
+
+def split_pairs(predictor: Predictor, root: Path, split: str) -> list[Pair]:
+    """Check the split against the model's classes (as train does) and list its pairs in file order."""
+    info = predictor.info
+    label_map = dict(info.label_map) if info.label_map else None
+    check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map).require_clean(
+        f"split '{split}' of {root}, checked against the model's {len(info.class_names)} classes "
+        f"(ignore_index {info.ignore_index}),"
+    )
+    # In the order `predict <root>/<split>/images` reads them, so both batch the same images together.
+    pairs = sorted(list_pairs(root, split), key=lambda pair: pair.image)
+    if not pairs:
+        raise DatasetError(f"split '{split}' of {root} has no image/mask pairs")
+    return pairs
+
+
+def evaluate_split(
+    predictor: Predictor,
+    root: Path,
+    split: str,
+    options: InferenceOptions,
+    on_total: Callable[[int], None] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> Evaluation:
+    """Check the split (as train does), predict every image and score the split as a whole and per image."""
+    pairs = split_pairs(predictor, root, split)
+    if on_total:
+        on_total(len(pairs))
+    return evaluate_pairs(predictor, pairs, options, split, on_image)
+
+
+def predicted_pairs(
+    predictor: Predictor, pairs: Sequence[Pair], options: InferenceOptions
+) -> Iterator[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]:
+    """(pair, image, target mask after the label map, predicted mask) for every pair, batched like predict."""
+    info = predictor.info
+    lookup = label_lookup(dict(info.label_map) if info.label_map else None)
+
+    def images() -> Iterator[tuple[Pair, np.ndarray]]:
+        for pair in pairs:
+            yield pair, read_image(pair.image, info.in_channels)
+
+    for batch in same_size_batches(images(), options.batch_size):
+        probs = predictor.probabilities([image for _, image in batch], options)
+        for (pair, image), prediction in zip(batch, masks_from(probs, len(info.class_names)), strict=True):
+            target = map_labels(read_mask(pair.mask), lookup)
+            if target.shape != prediction.shape:
+                raise DatasetError(
+                    f"{pair.mask}: mask is {target.shape[1]}x{target.shape[0]} but its image is "
+                    f"{prediction.shape[1]}x{prediction.shape[0]} (WxH)"
+                )
+            yield pair, image, target, prediction
+
+
+def evaluate_pairs(
+    predictor: Predictor,
+    pairs: Sequence[Pair],
+    options: InferenceOptions,
+    split: str,
+    on_image: Callable[[], None] | None = None,
+) -> Evaluation:
+    info = predictor.info
+    size = len(info.class_names)
+    total = torch.zeros(size, size, dtype=torch.long)
+    per_image = []
+    for pair, _, target, prediction in predicted_pairs(predictor, pairs, options):
+        matrix = torch.zeros(size, size, dtype=torch.long)
+        add_confusion(matrix, torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(target.astype(np.int64)),
+                      info.ignore_index)  # fmt: skip
+        total += matrix
+        result = scores(matrix)
+        headline = result["iou"][1] if info.binary else result["mIoU"]  # binary: the foreground, as in training
+        per_image.append(ImageScore(pair.image.name, float(headline), result["iou"].tolist(), int(matrix.sum())))
+        if on_image:
+            on_image()
+    matrix = total
+    return Evaluation(
+        split=split,
+        images=len(pairs),
+        class_names=list(info.class_names),
+        ignore_index=info.ignore_index,
+        matrix=matrix,
+        metrics=epoch_metrics(matrix, split, info.class_names, info.binary),
+        per_image=per_image,
+    )
+
+
+def worst_samples(
+    predictor: Predictor, evaluation: Evaluation, pairs: Sequence[Pair], count: int, options: InferenceOptions
+) -> list[Sample]:
+    """The `count` worst images as grid rows (image, ground truth, prediction), worst first."""
+    worst = evaluation.worst(count)
+    by_name = {pair.image.name: pair for pair in pairs}
+    chosen = [by_name[score.name] for score in worst]
+    found = {pair.image.name: (image, target, prediction)
+             for pair, image, target, prediction in predicted_pairs(predictor, chosen, options)}  # fmt: skip
+    samples = []
+    for score in worst:
+        image, target, prediction = found[score.name]
+        caption = f"mIoU {score.mIoU:.3f}" if not np.isnan(score.mIoU) else "nothing to score"
+        samples.append(Sample(score.name, display_image(image), target, prediction, caption))
+    return samples

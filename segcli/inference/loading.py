@@ -1,0 +1,256 @@
+"""Every model source -> a `Predictor`: segcli checkpoints, run folders, exports (read with their sidecar),
+k-fold folders and ensembles of any of these (their probabilities averaged)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from segcli.artifacts import (
+    KFOLD_RECORD,
+    SMP_SIDECAR,
+    STATE_DICT_FORMAT,
+    ModelInfo,
+    RunDir,
+    load_tagged,
+    read_checkpoint,
+    read_sidecar,
+    sidecar_path,
+)
+from segcli.config.schema import ModelConfig
+from segcli.errors import CheckpointError, ConfigError
+from segcli.inference.engine import Forward, InferenceOptions, Scores, masks_from, model_scores, probabilities, to_batch
+from segcli.models.registry import create_model
+
+
+@dataclass
+class Predictor:
+    """Class probabilities for images, and the metadata that says how to feed the model(s)."""
+
+    scores: Scores
+    info: ModelInfo
+    kind: str
+    """`checkpoint`, the export format, or `ensemble of N`."""
+    path: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    members: list[Path] = field(default_factory=list)
+    forward: Forward | None = None
+    """The model's raw logits (one model only; export checks compare them)."""
+
+    def probabilities(self, images: Sequence[np.ndarray], options: InferenceOptions) -> torch.Tensor:
+        """Same-size HxWxC images -> NxKxHxW probabilities (K = 2 for a one-channel binary model)."""
+        batch = to_batch(images, self.info).to(self.device)
+        return probabilities(self.scores, batch, self.info.size_multiple, options)
+
+    def predict(self, images: Sequence[np.ndarray], options: InferenceOptions | None = None) -> list[np.ndarray]:
+        """Same-size HxWxC images -> HxW class-index masks (uint8, uint16 beyond 256 classes)."""
+        return masks_from(self.probabilities(images, options or InferenceOptions()), len(self.info.class_names))
+
+
+def resolve_model_path(path: Path) -> Path:
+    """A run folder means its ckpt_best.pth; an smp export folder and files stand for themselves."""
+    if path.is_dir() and not (path / SMP_SIDECAR).is_file():
+        best = RunDir(path).best
+        if not best.is_file():
+            raise CheckpointError(
+                f"{path}: folder holds neither {best.name} (a run folder), {SMP_SIDECAR} (an smp export) nor "
+                f"{KFOLD_RECORD} (a k-fold folder); pass a checkpoint file (ckpt_best.pth, ckpt_latest.pth, "
+                "average_model.pth, ema_model.pth) or an export"
+            )
+        return best
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    return path
+
+
+def expand_sources(paths: Sequence[Path]) -> list[Path]:
+    """Model sources as given, with each k-fold folder replaced by its folds' best checkpoints."""
+    expanded: list[Path] = []
+    for path in paths:
+        record = path / KFOLD_RECORD
+        if path.is_dir() and record.is_file():
+            folds = json.loads(record.read_text())["runs"]
+            expanded += [RunDir(path / name).best for name in folds]
+        else:
+            expanded.append(resolve_model_path(path))
+    return expanded
+
+
+def build_model(info: ModelInfo, state_dict: dict[str, torch.Tensor] | None, where: Path) -> torch.nn.Module:
+    """The smp model the metadata names (no pretrained download), with `state_dict` loaded, in eval mode."""
+    try:
+        config = ModelConfig(
+            arch=info.arch,
+            encoder_name=info.encoder_name,
+            encoder_weights=None,
+            in_channels=info.in_channels,
+            classes=info.classes,
+            params=info.model_params,
+        )
+        model = create_model(config)
+    except (ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{where}: cannot rebuild the model it describes: {exc}") from None
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(
+                f"{where}: the weights do not fit {info.arch}/{info.encoder_name}: {detail}"
+            ) from None
+    return model.eval()
+
+
+def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
+    """A segcli checkpoint (or run folder) -> the CPU model in eval mode and its metadata."""
+    path = resolve_model_path(path)
+    if path.suffix == ".onnx" or _is_torchscript(path):  # torch.load would hand a TorchScript file to jit.load
+        raise CheckpointError(
+            f"{path}: looks like an export but its sidecar {sidecar_path(path).name} is missing; "
+            "keep the .json written next to it by `segcli export-checkpoint`"
+        )
+    checkpoint = read_checkpoint(path)
+    return build_model(checkpoint.info, checkpoint.state_dict, path), checkpoint.info
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def open_model(path: Path, device: torch.device | str = "cpu") -> Predictor:
+    """One model source -> a Predictor. Exports are recognised by their sidecar, checkpoints by their content."""
+    device = torch.device(device)
+    path = resolve_model_path(path)
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        info, fmt = read_sidecar(sidecar)
+        forward, device = _OPENERS[fmt](path, info, device)
+        kind = fmt
+    else:
+        model, info = load_checkpoint_model(path)
+        forward, kind = module_forward(model.to(device)), "checkpoint"
+    return Predictor(model_scores(forward, info.size_multiple), info, kind, path, device, [path], forward)
+
+
+def open_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> Predictor:
+    """Several sources (or a k-fold folder) -> one Predictor averaging their probabilities."""
+    sources = expand_sources(paths)
+    members = [open_model(path, device) for path in sources]
+    if len(members) == 1:
+        return members[0]
+    return ensemble(members)
+
+
+ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map")
+
+
+def ensemble(members: list[Predictor]) -> Predictor:
+    """The mean of the members' probabilities. They must agree on classes, inputs and normalisation."""
+    first = members[0]
+    for member in members[1:]:
+        for key in ENSEMBLE_KEYS:
+            if getattr(member.info, key) != getattr(first.info, key):
+                raise CheckpointError(
+                    f"{member.path} and {first.path} cannot be ensembled: their {key} differ "
+                    f"({getattr(member.info, key)!r} vs {getattr(first.info, key)!r}); ensemble models trained with "
+                    "the same classes and normalisation"
+                )
+    device = first.device
+
+    def scores(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member.scores(batch.to(member.device)).to(device) for member in members]).mean(0)
+
+    multiple = math.lcm(*(member.info.size_multiple for member in members))
+    sources = [member.info.source or {"path": str(member.path)} for member in members]
+    info = ModelInfo(**{**first.info.__dict__, "size_multiple": multiple, "source": {"ensemble": sources}})
+    paths = [path for member in members for path in member.members]
+    return Predictor(scores, info, f"ensemble of {len(members)}", first.path, device, paths)
+
+
+def module_forward(module: torch.nn.Module) -> Forward:
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(batch)
+
+    return forward
+
+
+@contextmanager
+def quiet_torch_deprecations() -> Iterator[None]:
+    """torch 2.9+ marks TorchScript and the TorchScript-based ONNX exporter deprecated; users need no warning."""
+    with warnings.catch_warnings():
+        for message in (
+            r".*is deprecated\. Please switch to.*",
+            r".*legacy TorchScript-based ONNX export.*",
+            r".*The feature will be removed.*",
+        ):
+            warnings.filterwarnings("ignore", message=message)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def _open_torchscript(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forward, torch.device]:
+    try:
+        with quiet_torch_deprecations():
+            module = torch.jit.load(str(path), map_location=device)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: not a readable TorchScript file ({str(exc).splitlines()[0][:200]})") from None
+    module.eval()
+    return module_forward(module), device
+
+
+def _open_state_dict(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forward, torch.device]:
+    bundle = load_tagged(path, STATE_DICT_FORMAT, "segcli state-dict bundle", "written by segcli export-checkpoint")
+    return module_forward(build_model(info, bundle["state_dict"], path).to(device)), device
+
+
+def _open_smp(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forward, torch.device]:
+    try:
+        with redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local directory"
+            model = smp.from_pretrained(str(path))
+    except (OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable smp `save_pretrained` folder ({exc})") from None
+    return module_forward(model.eval().to(device)), device
+
+
+def _open_onnx(path: Path, info: ModelInfo, device: torch.device) -> tuple[Forward, torch.device]:
+    session = onnx_session(path)
+    input_name = session.get_inputs()[0].name
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+    return forward, torch.device("cpu")  # onnxruntime's CPU provider: the batch lives on the CPU
+
+
+_OPENERS = {"onnx": _open_onnx, "torchscript": _open_torchscript, "state-dict": _open_state_dict, "smp": _open_smp}
+
+
+def onnx_session(path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "running an ONNX model needs onnxruntime, an optional extra: pip install 'segcli[export]'"
+        ) from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
+        raise CheckpointError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from None

@@ -1,0 +1,110 @@
+"""What happens once the last epoch is done: the worst validation images at the best checkpoint, the best
+epoch's confusion matrix in W&B, the final run record, and the result `train()` returns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wandb
+from pytorch_lightning.callbacks import EarlyStopping
+
+from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
+from segcli.files import save_image
+from segcli.inference.engine import InferenceOptions
+from segcli.inference.evaluate import Evaluation, evaluate_pairs, worst_samples
+from segcli.inference.loading import open_model
+from segcli.training.report import report_details
+from segcli.training.tracking import wandb_images
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_dir: Path
+    checkpoints: dict[str, Path]
+    best_epoch: int | None
+    """1-based, like every epoch segcli reports."""
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    parameters: int
+    wandb_mode: str | None
+    wandb_dir: str | None = None
+    average_metrics: dict[str, float] = field(default_factory=dict)
+    report_files: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+    resumed_from: Path | None = None
+    finished_before: bool = False
+    primary: bool = True
+    """False in the extra processes of a multi-process run: they report nothing."""
+
+
+def worst_images(plan, run_dir, device, count: int) -> tuple[Evaluation, list]:
+    """Score every val image on its own with the best checkpoint (through `evaluate`'s code) and draw the worst."""
+    predictor = open_model(run_dir.best, device)
+    options = InferenceOptions(batch_size=plan.experiment.batch_size)
+    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val")
+    samples = worst_samples(predictor, evaluation, plan.pairs["val"], count, options)
+    title = f"{run_dir.path.name}: the {len(samples)} val images with the lowest mIoU at the best checkpoint"
+    grid = render_grid(samples, plan.class_names, plan.experiment.ignore_index, PREDICTION_COLUMNS, title)
+    save_image(run_dir.worst_png, grid)
+    return evaluation, samples
+
+
+def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None, samples: list) -> None:
+    summary = {}
+    if checkpoints.best_matrix is not None:
+        title = f"{checkpoints.run_name}, val at epoch {checkpoints.best_epoch} (best)"
+        summary["val/confusion_matrix"] = wandb.Image(render_confusion_matrix(checkpoints.best_matrix,
+                                                                              plan.class_names, title))  # fmt: skip
+    if samples:
+        table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in plan.class_names)])
+        scores = {score.name: score for score in evaluation.per_image}
+        for sample, image in zip(samples, wandb_images(samples, plan.class_names, plan.experiment.ignore_index),
+                                 strict=True):  # fmt: skip
+            score = scores[sample.name]
+            table.add_data(image, score.mIoU, *(None if math.isnan(v) else v for v in score.iou))
+        summary["val/worst_images"] = table
+    if summary:
+        run.log(summary)
+
+
+def finish_run(plan, trainer, *, checkpoints, average, stop, logger, writer, run_dir, record, lead, options):
+    exp = plan.experiment
+    average_metrics = dict(average.metrics) if average is not None else {}
+    result = TrainResult(
+        run_name=options.run_name,
+        run_dir=run_dir.path,
+        checkpoints={},
+        best_epoch=checkpoints.best_epoch,
+        best_metrics=checkpoints.best_metrics,
+        history=checkpoints.history,
+        epochs_run=trainer.current_epoch,
+        stopped_early=any(isinstance(cb, EarlyStopping) and cb.stopped_epoch for cb in trainer.callbacks),
+        seconds=0.0,
+        parameters=sum(p.numel() for p in plan.task.model.parameters()),
+        wandb_mode=None,
+        average_metrics=average_metrics,
+        interrupted=stop.requested,
+        primary=lead,
+    )
+    if not lead:
+        return result
+    evaluation, samples = None, []
+    count = exp.log_predictions.worst
+    if count and run_dir.best.is_file() and not stop.requested:
+        evaluation, samples = worst_images(plan, run_dir, trainer.strategy.root_device, count)
+    run = logger.experiment
+    _log_to_wandb(run, plan, checkpoints, evaluation, samples)
+    record.finished = not stop.requested
+    record.report = report_details(checkpoints, plan.class_names, average_metrics)
+    record.write(run_dir)
+    result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
+    result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
+                                             run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip
+    result.wandb_mode, result.wandb_dir = logger.mode, str(Path(run.dir).parent)
+    return result

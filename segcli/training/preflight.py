@@ -1,0 +1,224 @@
+"""Every check `train` makes before its first step, in one place: `--dry-run` runs exactly these.
+
+Nothing here writes a file or starts W&B, so a mistake in the input never leaves a half-made run. The
+result, a `Plan`, holds what the checks built and measured (the model, built once; the dataset report;
+the resolved normalisation; the pipelines), and training goes on from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+
+from segcli.artifacts import ModelInfo, read_training_state
+from segcli.config.schema import Experiment
+from segcli.data.check_report import DatasetReport
+from segcli.data.checks import check_dataset_cached
+from segcli.data.dataset import RamCache
+from segcli.data.io import Pair, label_lookup, list_pairs
+from segcli.data.transforms import PixelStats, build_pipeline, resolve_normalization
+from segcli.devices import select_devices
+from segcli.errors import CheckpointError, ConfigError, did_you_mean
+from segcli.models.metrics import logged_metric_keys
+from segcli.models.registry import size_multiple
+from segcli.models.task import SegmentationTask
+
+SPLITS = ("train", "val")
+ADAPTABLE_CHANNELS = {(1, 3), (4, 3), (3, 1), (4, 1)}  # (stored, model): grey to RGB, dropping alpha, luma
+
+
+@dataclass
+class Plan:
+    """What the checks built and measured, for training to use."""
+
+    experiment: Experiment
+    class_names: list[str]
+    accelerator: str
+    devices: Any
+    task: SegmentationTask
+    report: DatasetReport
+    pairs: dict[str, list[Pair]]
+    pipelines: dict[str, Any]
+    normalization: dict[str, Any]
+    info: ModelInfo
+    """The model description every checkpoint of the run carries."""
+    workers: int
+    label_lookup: np.ndarray | None
+
+
+def check_experiment(exp: Experiment, class_names: list[str]) -> None:
+    """Class names against the model, and every monitored metric against the keys that are logged."""
+    expected = 2 if exp.model.classes == 1 else exp.model.classes
+    if len(class_names) != expected:
+        binary = " (binary: one sigmoid output; name the background first, then the foreground)"
+        raise ConfigError(
+            f"model.classes is {exp.model.classes}{binary if exp.model.classes == 1 else ''} but CLASS_NAMES lists "
+            f"{len(class_names)} names ({', '.join(class_names)}); {expected} are needed: make them agree "
+            "(an ignored label such as void is not a class)"
+        )
+    if exp.ignore_index is not None and exp.ignore_index < 0:
+        raise ConfigError(f"ignore_index: {exp.ignore_index} is negative; use the label value of the pixels to ignore")
+    val_keys = logged_metric_keys("val", class_names)
+    if exp.ema is not None:
+        val_keys += logged_metric_keys("val_ema", class_names)
+    checks = [("monitor.metric", exp.monitor.metric, val_keys)]
+    if exp.early_stopping:
+        checks.append(("early_stopping.monitor", exp.early_stopping.monitor, val_keys))
+    if exp.scheduler and exp.scheduler.monitor:
+        checks.append(("scheduler.monitor", exp.scheduler.monitor, val_keys + logged_metric_keys("train", class_names)))
+    for where, key, valid in checks:
+        if key not in valid:
+            hint = " (val_ema/* needs `ema:` in the experiment)" if key.startswith("val_ema/") else ""
+            raise ConfigError(f"{where}: '{key}' is never logged{hint}; {did_you_mean(key, valid)}")
+
+
+def check_resume_state(state: Path, experiment: Experiment) -> None:
+    """The state file must come from a run of the same model."""
+    stored = Experiment.model_validate(read_training_state(state)["hyper_parameters"]["experiment"]).model
+    if stored != experiment.model:
+        raise CheckpointError(
+            f"{state} was trained with model {stored.model_dump()} but the experiment now says "
+            f"{experiment.model.model_dump()}; resume with the same model block"
+        )
+
+
+def _check_channels(report: DatasetReport, in_channels: int) -> int:
+    """The images' channel count; it must be the model's or one segcli converts (grey <-> RGB, RGBA -> RGB)."""
+    stored = report.splits["train"].channels.most_common(1)[0][0]
+    if stored != in_channels and (stored, in_channels) not in ADAPTABLE_CHANNELS:
+        raise ConfigError(
+            f"model.in_channels is {in_channels} but the images of {report.root} have {stored} channel(s); set "
+            f"`model.in_channels: {stored}`" + (" and `normalize: dataset`" if stored not in (1, 3) else "")
+        )
+    return stored
+
+
+def _pixel_stats(report: DatasetReport, stored: int, in_channels: int) -> PixelStats:
+    train = report.splits["train"]
+    scale = train.max_pixel_value()
+    measured = train.channel_mean_std(scale)
+    if measured is None or (stored != in_channels and stored != 1):
+        return PixelStats(scale)
+    mean, std = measured
+    return PixelStats(scale, mean * (in_channels // stored), std * (in_channels // stored))
+
+
+def _output_sizes(pipeline, image_sizes, channels: int, dtype: str, tries: int = 8) -> set[tuple[int, int]]:
+    """Push blank images of every input size through the pipeline: the sizes the model will see.
+
+    Several tries per size, so a random transform that changes the shape (a 90-degree rotation of a
+    non-square image) shows up here rather than as a collate error mid-epoch.
+    """
+    sizes = set()
+    for height, width in image_sizes:
+        blank = np.zeros((height, width, channels), dtype)
+        for _ in range(tries):
+            out = pipeline(image=blank, mask=np.zeros((height, width), np.uint8))["image"]
+            sizes.add(tuple(out.shape[-2:]))
+    return sizes
+
+
+def _check_sizes(key: str, sizes: set[tuple[int, int]], multiple: int, model_label: str) -> None:
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"{key} produce images of different sizes {sorted(sizes)}; add a resize or crop so batches can be stacked"
+        )
+    for height, width in sizes:
+        if height % multiple or width % multiple:
+            fit = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+            raise ConfigError(
+                f"{key} produce {height}x{width} (HxW) images but {model_label} needs height and width divisible by "
+                f"{multiple}; add `{{name: pad_if_needed, params: {{min_height: {fit[0]}, min_width: {fit[1]}}}}}` "
+                f"or a resize/crop to multiples of {multiple}"
+            )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int) -> None:
+    """`cache: ram` must leave room for the model and the workers: refuse above 70% of what is free."""
+    available = _available_memory()
+    if available is not None and needed > 0.7 * available:
+        raise ConfigError(
+            f"cache: ram needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory are "
+            "available; remove `cache: ram` (files are then decoded on the fly)"
+        )
+
+
+def preflight(
+    exp: Experiment,
+    *,
+    dataset: Path,
+    class_names: list[str],
+    experiment_name: str,
+    force_cpu: bool = False,
+    pairs: dict[str, list[Pair]] | None = None,
+) -> Plan:
+    """Check the experiment, the device, the dataset and the transforms; build the model once.
+
+    `pairs` replaces the dataset's own train/val split (k-fold); the check still covers both folders.
+    """
+    check_experiment(exp, class_names)
+    accelerator, devices = select_devices(exp.gpu, exp.devices, force_cpu)
+    if accelerator == "cpu" and exp.precision == "16-mixed":
+        raise ConfigError("precision: 16-mixed needs a GPU; on the CPU use `precision: bf16-mixed` or `precision: 32`")
+    report = check_dataset_cached(dataset, SPLITS, class_names, exp.ignore_index, label_map=exp.label_map)
+    report.require_clean(f"dataset {dataset}")
+    channels = exp.model.in_channels
+    stored = _check_channels(report, channels)
+    normalization = resolve_normalization(exp.normalize, channels, _pixel_stats(report, stored, channels))
+
+    pl.seed_everything(exp.seed, workers=True, verbose=False)  # the seed decides the start weights
+    task = SegmentationTask(exp.model_dump(mode="json"), class_names)
+    task.configure_optimizers()  # builds and discards: bad optimizer/scheduler params fail now, not after start-up
+    multiple = size_multiple(task.model)
+    where = f"experiment '{experiment_name}'"
+    pipelines = {split: build_pipeline(getattr(exp, f"{split}_transforms"), f"{where}: {split}_transforms",
+                                       normalization) for split in SPLITS}  # fmt: skip
+    dtype = report.splits["train"].dtype or "uint8"
+    pooled = report.splits["train"].image_sizes + report.splits["val"].image_sizes  # k-fold mixes the folders
+    sizes = {}
+    for split in SPLITS:
+        image_sizes = pooled if pairs else report.splits[split].image_sizes
+        sizes[split] = _output_sizes(pipelines[split], image_sizes, channels, dtype)
+        _check_sizes(
+            f"{where}: {split}_transforms", sizes[split], multiple, f"{exp.model.arch} with {exp.model.encoder_name}"
+        )
+    if exp.cache == "ram":
+        per_value = np.dtype(dtype).itemsize
+        check_memory(sum(RamCache.estimate_bytes(report.splits[s].image_sizes, channels, per_value) for s in SPLITS))
+    info = ModelInfo(
+        arch=exp.model.arch, encoder_name=exp.model.encoder_name, in_channels=channels, classes=exp.model.classes,
+        class_names=list(class_names), ignore_index=exp.ignore_index, normalization=normalization,
+        size_multiple=multiple, model_params=dict(exp.model.params),
+        label_map=[[k, v] for k, v in sorted(exp.label_map.items())] if exp.label_map else None,
+        input_size=list(next(iter(sizes["val"]))) if sizes["val"] else None,
+    )  # fmt: skip
+    return Plan(
+        experiment=exp,
+        class_names=list(class_names),
+        accelerator=accelerator,
+        devices=devices,
+        task=task,
+        report=report,
+        pairs=pairs or {split: list_pairs(dataset, split) for split in SPLITS},
+        pipelines=pipelines,
+        normalization=normalization,
+        info=info,
+        workers=exp.num_workers if exp.num_workers is not None else min(4, os.cpu_count() or 1),
+        label_lookup=label_lookup(exp.label_map),
+    )

@@ -1,0 +1,145 @@
+"""Weights & Biases: offline unless a key is configured, started off the training path, images and tables.
+
+The W&B run starts on a background thread once every check has passed (so a bad input never leaves a
+half-made run), and training does not wait for it: the logger needs the run only when it first logs, at
+the end of the first epoch. The run's id is chosen up front, so `run.json` names it before W&B is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import wandb
+from PIL import Image
+from pytorch_lightning.loggers import WandbLogger
+from wandb.sdk.lib.runid import generate_id
+
+from segcli.drawing.colours import display_image
+from segcli.drawing.pictures import Sample
+
+MAX_LOGGED_SIDE = 512  # images logged to W&B are downscaled to this many pixels on their longer side
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(offline: bool) -> str:
+    """--offline wins, then WANDB_MODE; with no API key the run is offline (`wandb sync` it later)."""
+    if offline:
+        return "offline"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _has_api_key() else "offline"
+
+
+def quiet_wandb() -> None:
+    """W&B's own chatter (anonymous-mode notes, "Symlinked 1 file ...") is not for segcli's users."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logging.getLogger("wandb").setLevel(logging.ERROR)
+
+
+def new_run_id() -> str:
+    return generate_id()
+
+
+def init_run(*, mode: str, **kwargs: Any):
+    """wandb.init in `mode`, falling back to offline with one warning when W&B cannot start online."""
+    settings = wandb.Settings(init_timeout=60, quiet=True, silent=True)
+    for attempt in dict.fromkeys([mode, "offline"]):
+        try:
+            return wandb.init(mode=attempt, settings=settings, **kwargs), attempt
+        except Exception as exc:  # noqa: BLE001 - wandb raises many types for network failures
+            if attempt == "offline":
+                raise
+            warnings.warn(f"W&B could not start online ({exc}); logging offline instead", stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+class BackgroundWandbLogger(WandbLogger):
+    """Lightning's W&B logger over a run started on a background thread; it waits for it at first use.
+
+    The whole configuration goes to wandb.init, so Lightning's own hyper-parameter logging is skipped.
+    """
+
+    def __init__(self, started: Future, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._started = started
+        self.mode: str | None = None
+
+    @property
+    def experiment(self):
+        if self._experiment is None:
+            self._experiment, self.mode = self._started.result()
+        return self._experiment
+
+    def log_hyperparams(self, params: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        """Finish the W&B run (flushing what is queued), whether or not anything was logged."""
+        try:
+            run, _ = self._started.result()
+        except Exception:  # noqa: BLE001 - a run that never started has nothing to finish
+            return
+        run.finish()
+
+
+def start_logger(*, project: str, name: str, run_id: str, save_dir: Path, mode: str, config: dict,
+                 group: str | None = None) -> BackgroundWandbLogger:  # fmt: skip
+    quiet_wandb()
+    save_dir.mkdir(parents=True, exist_ok=True)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="segcli-wandb")
+    started = pool.submit(init_run, mode=mode, project=project, name=name, id=run_id, resume="allow",
+                          dir=str(save_dir), config=config, group=group)  # fmt: skip
+    pool.shutdown(wait=False)
+    return BackgroundWandbLogger(started, project=project, name=name, id=run_id, save_dir=str(save_dir),
+                                 log_model=False)  # fmt: skip
+
+
+def _downscaled(array: np.ndarray, nearest: bool) -> np.ndarray:
+    height, width = array.shape[:2]
+    scale = MAX_LOGGED_SIDE / max(height, width)
+    if scale >= 1:
+        return array
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+def class_labels(class_names: Sequence[str], ignore_index: int | None) -> dict[int, str]:
+    labels = dict(enumerate(class_names))
+    if ignore_index is not None and ignore_index not in labels:
+        labels[ignore_index] = "ignored"
+    return labels
+
+
+def wandb_images(samples: Sequence[Sample], class_names: Sequence[str], ignore_index: int | None) -> list:
+    """wandb.Image objects with the ground truth (and the prediction, when there is one) as mask layers."""
+    labels = class_labels(class_names, ignore_index)
+    images = []
+    for sample in samples:
+        masks = {"ground_truth": {"mask_data": _downscaled(sample.mask, True), "class_labels": labels}}
+        if sample.prediction is not None:
+            masks["prediction"] = {"mask_data": _downscaled(sample.prediction, True), "class_labels": labels}
+        caption = f"{sample.name} {sample.caption}".strip()
+        images.append(wandb.Image(_downscaled(display_image(sample.image), False), caption=caption, masks=masks))
+    return images
+
+
+def sync_file_live(run, path: Path) -> None:
+    """Upload `path` now and again whenever it changes (a link in the run folder, not an artifact copy)."""
+    run.save(str(path), base_path=str(path.parent), policy="live")

@@ -1,0 +1,145 @@
+"""segcli's files: atomic writes (permissions, failures), the background writer, safe and versioned reading."""
+
+from __future__ import annotations
+
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from segcli.artifacts import read_checkpoint
+from segcli.errors import CheckpointError, StorageError
+from segcli.files import BackgroundWriter, atomic_write, save_torch, write_text
+from tests.inference.support import TINY_CLASSES, make_checkpoint
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    """Colleagues on shared storage can read checkpoints: 0666 minus the umask, not mkstemp's 0600."""
+    probe = (
+        "import os, sys, pathlib, torch\n"
+        "os.umask(0o022)\n"
+        "from segcli.files import save_torch, write_text\n"
+        "folder = pathlib.Path(sys.argv[1])\n"
+        "write_text(folder / 'a.txt', 'x')\n"
+        "save_torch({'x': torch.ones(1)}, folder / 'b.pth')\n"
+    )
+    subprocess.run([sys.executable, "-c", probe, str(tmp_path)], check=True)
+    for name in ("a.txt", "b.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_background_writer_keeps_one_write_per_file_and_the_newest(tmp_path):
+    writer = BackgroundWriter()
+    gate, written = threading.Event(), []
+
+    def slow(value: int):
+        def job() -> None:
+            gate.wait(5)
+            written.append(value)
+            write_text(tmp_path / "file.txt", str(value))
+
+        return job
+
+    writer.submit(tmp_path / "file.txt", slow(1))  # starts and blocks on the gate
+    time.sleep(0.1)
+    for value in (2, 3, 4):  # queued behind it: each replaces the one before
+        writer.submit(tmp_path / "file.txt", slow(value))
+    gate.set()
+    writer.wait()
+    assert written == [1, 4] and (tmp_path / "file.txt").read_text() == "4"
+    writer.close()
+
+
+def test_a_failed_background_write_surfaces_as_the_same_error(tmp_path):
+    writer = BackgroundWriter()
+
+    def full() -> None:
+        raise StorageError("disk full while writing x; the previous file is intact")
+
+    writer.submit(tmp_path / "x", full)
+    with pytest.raises(StorageError, match="disk full"):
+        writer.wait()
+    writer.close()
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    """Files written by segcli 0.1 (flat metadata, 0-based epoch) keep working for predict/evaluate/export."""
+    current = torch.load(make_checkpoint(tmp_path / "v2.pth"), weights_only=True)
+    model = current["model"]
+    old = {"format": "segcli-checkpoint", "format_version": 1, "kind": "best", "state_dict": current["state_dict"],
+           **{key: model[key] for key in ("arch", "encoder_name", "in_channels", "classes", "class_names",
+                                          "ignore_index", "size_multiple")},
+           "model_params": {}, "normalization": {"mean": model["normalization"]["mean"],
+                                                 "std": model["normalization"]["std"]},
+           "epoch": 2, "metrics": {"val/mIoU": 0.5}, "run_name": "old",
+           "experiment": current["experiment"]}  # fmt: skip
+    torch.save(old, tmp_path / "v1.pth")
+    checkpoint = read_checkpoint(tmp_path / "v1.pth")
+    assert checkpoint.epoch == 3 and checkpoint.info.class_names == TINY_CLASSES
+    assert checkpoint.info.normalization["max_pixel_value"] == 255.0
+
+
+def test_the_training_state_is_named_when_passed_as_a_model(tmp_path):
+    torch.save({"hyper_parameters": {"experiment": {}}, "state_dict": {}}, tmp_path / "state_latest.ckpt")
+    with pytest.raises(CheckpointError, match="full training state .* pass ckpt_best.pth"):
+        read_checkpoint(tmp_path / "state_latest.ckpt")
+
+
+def test_atomic_write_leaves_nothing_behind_when_the_writer_fails(tmp_path):
+    def broken(stream) -> None:
+        stream.write(b"half")
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError):
+        atomic_write(tmp_path / "x.bin", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this ran during unpickling",))
+
+
+def test_code_in_a_pickle_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "segcli-checkpoint", "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="not a readable segcli checkpoint"):
+        read_checkpoint(path)
+    assert "this ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [{"state_dict": {}}, [1, 2, 3]])
+def test_foreign_files_are_refused(tmp_path, content):
+    path = tmp_path / "other.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match="not a segcli checkpoint"):
+        read_checkpoint(path)
+
+
+def test_garbage_and_missing_files_are_refused(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(pickle.dumps("x")[:3])
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_torch({"value": torch.ones(3)}, path)
+
+    def broken_save(obj, stream):
+        stream.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(StorageError, match="disk full while writing .*ckpt.pth; the previous file is intact"):
+        save_torch({"value": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

@@ -1,0 +1,160 @@
+"""`train()` in-process on generated data: one model build, every checkpoint kind scoring what it stored,
+SWA with BatchNorm refitted, ignored pixels, the run report, normalisation stored as applied."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segcli.artifacts import RunDir, read_checkpoint
+from segcli.config.schema import Experiment
+from segcli.inference.engine import InferenceOptions
+from segcli.inference.evaluate import evaluate_split
+from segcli.inference.loading import open_model
+from segcli.training.run import RunOptions, train
+from tests.support import DEMO_CLASSES
+
+CLASSES = DEMO_CLASSES.split(",")
+
+
+def _experiment(**keys) -> Experiment:
+    base = {
+        "model": {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4},
+        "batch_size": 4,
+        "max_epochs": 3,
+        "num_workers": 0,
+        "train_transforms": [{"name": "horizontal_flip", "params": {"p": 0.5}}],
+        "log_predictions": {"count": 1, "worst": 2},
+    }
+    return Experiment.model_validate({**base, **keys})
+
+
+def _train(experiment: Experiment, dataset: Path, output: Path, classes=CLASSES, **options):
+    return train(experiment, RunOptions(dataset=dataset, class_names=list(classes), run_name="run",
+                                        experiment_name="e", output_dir=output, progress=False, **options))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """3 epochs with EMA and SWA from epoch 2, no val transforms (so evaluate sees what validation saw)."""
+    output = tmp_path_factory.mktemp("trained")
+    result = _train(_experiment(ema={"decay": 0.8}, average={"start_epoch": 2}), tiny_dataset, output)
+    return result, RunDir(output / "checkpoints" / "run")
+
+
+def test_the_model_is_built_once(tiny_dataset, tmp_path, monkeypatch):
+    """`configure_model` was Lightning's hook name: trainer.fit built a second model (weights, seed, compile)."""
+    from segcli.models import registry
+
+    builds = []
+    original = registry.create_model
+    monkeypatch.setattr(registry, "create_model", lambda cfg: builds.append(cfg) or original(cfg))
+    _train(_experiment(max_epochs=1, average=None, log_predictions=0), tiny_dataset, tmp_path)
+    assert len(builds) == 1
+
+
+@pytest.mark.parametrize("kind", ["best", "latest", "ema", "average"])
+def test_every_checkpoint_kind_scores_what_it_stored(trained, tiny_dataset, kind):
+    """evaluate(checkpoint) through the inference code == the val metrics stored in (and logged for) it."""
+    result, run_dir = trained
+    path = getattr(run_dir, kind)
+    checkpoint = read_checkpoint(path)
+    evaluation = evaluate_split(open_model(path), tiny_dataset, "val", InferenceOptions(batch_size=4))
+    for key in ("val/mIoU", "val/mDCC", "val/pixel_accuracy", "val/IoU/disc"):
+        stored, measured = checkpoint.metrics[key], evaluation.metrics[key]
+        assert (math.isnan(stored) and math.isnan(measured)) or stored == pytest.approx(measured, rel=1e-5), key
+    if kind == "average":
+        assert checkpoint.metrics["val/mIoU"] == pytest.approx(result.average_metrics["val_avg/mIoU"])
+
+
+def test_the_average_is_swa_from_its_start_epoch_with_batchnorm_refitted(trained):
+    """average_model.pth scored 0.05 mIoU on camvid-mini with BatchNorm statistics averaged like weights."""
+    _, run_dir = trained
+    state = torch.load(run_dir.state, weights_only=True)["callbacks"]["SwaAverage"]
+    assert state["epochs"] == 2 and int(state["averaged"]["n_averaged"]) == 2  # epochs 2 and 3
+    averaged = {key.removeprefix("module."): value for key, value in state["averaged"].items()}
+    saved = read_checkpoint(run_dir.average).state_dict
+    weights = [key for key in saved if key.endswith(".weight") and saved[key].is_floating_point()]
+    assert all(torch.equal(saved[key], averaged[key]) for key in weights)  # the weights are the average
+    means = [key for key in saved if key.endswith("running_mean")]
+    assert means and all(not torch.equal(saved[key], averaged[key]) for key in means)  # statistics refitted
+
+
+def test_metrics_csv_has_a_row_per_epoch_matching_the_checkpoints(trained):
+    result, run_dir = trained
+    with run_dir.metrics_csv.open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    columns = set(rows[0])
+    assert {"train/loss", "val/loss", "train/mIoU", "val/mIoU", "train/mDCC", "val/mDCC", "lr", "seconds"} <= columns
+    assert {f"val/IoU/{name}" for name in CLASSES} <= columns and "val_ema/mIoU" in columns
+    best = read_checkpoint(run_dir.best)
+    assert float(rows[best.epoch - 1]["val/mIoU"]) == pytest.approx(best.metrics["val/mIoU"])
+    for name in ("results.png", "per_class.png", "confusion_matrix.png", "worst_predictions.png"):
+        with Image.open(run_dir.path / name) as picture:
+            pixels = np.asarray(picture.convert("L"))
+        assert picture.width > 300 and pixels.std() > 10, name  # drawn, not blank
+
+
+def test_worst_images_are_ranked_by_their_own_scores(trained, tiny_dataset):
+    """The worst-K picture ranks the val images by per-image mIoU at the best checkpoint, worst first."""
+    from segcli.data.io import list_pairs, read_image, read_mask
+    from segcli.models.metrics import scores
+
+    result, run_dir = trained
+    predictor = open_model(run_dir.best)
+    per_image = {}
+    for pair in list_pairs(tiny_dataset, "val"):
+        prediction = predictor.predict([read_image(pair.image)])[0].astype(np.int64)
+        target = read_mask(pair.mask).astype(np.int64)
+        matrix = np.bincount(target.ravel() * 4 + prediction.ravel(), minlength=16).reshape(4, 4)
+        per_image[pair.image.name] = float(scores(torch.from_numpy(matrix))["mIoU"])
+    expected = sorted(per_image, key=lambda name: (per_image[name], name))[:2]
+    evaluation = evaluate_split(predictor, tiny_dataset, "val", InferenceOptions())
+    assert [score.name for score in evaluation.worst(2)] == expected
+    assert [score.mIoU for score in evaluation.worst(2)] == pytest.approx([per_image[name] for name in expected])
+
+
+def _ignore_everything_in(dataset: Path, split: str, copy_to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(dataset, copy_to)
+    first = sorted((copy_to / split / "labels").glob("*.png"))[0]
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(first)
+    return copy_to
+
+
+def test_an_image_whose_pixels_are_all_ignored_is_not_a_divergence(tiny_dataset, tmp_path):
+    """A batch of only ignore_index pixels gave NaN (exit 3 as a divergence); val/loss must stay finite and
+    `monitor: val/loss` must still write ckpt_best.pth."""
+    dataset = _ignore_everything_in(tiny_dataset, "val", tmp_path / "data")
+    dataset = _ignore_everything_in(dataset, "train", tmp_path / "data2")
+    experiment = _experiment(max_epochs=2, batch_size=1, ignore_index=255, monitor="val/loss", average=None,
+                             loss=["focal", "lovasz", "cross_entropy"], log_predictions=0)  # fmt: skip
+    result = _train(experiment, dataset, tmp_path / "out")
+    assert all(math.isfinite(row["val/loss"]) and math.isfinite(row["train/loss"]) for row in result.history)
+    assert (tmp_path / "out" / "checkpoints" / "run" / "ckpt_best.pth").is_file()
+
+
+@pytest.mark.parametrize("normalize", ["image", "min_max", {"mean": [0.4], "std": [0.2], "max_pixel_value": 200}])
+def test_the_normalisation_applied_is_the_one_stored(tiny_dataset, tmp_path, normalize):
+    """Grey images, per-image or explicit normalisation: what validation applied is what the checkpoint says
+    (evaluate reproduces the logged score), max_pixel_value included."""
+    model = {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4, "in_channels": 1}
+    experiment = _experiment(model=model, max_epochs=1, normalize=normalize, average=None, log_predictions=0)
+    _train(experiment, tiny_dataset, tmp_path)
+    path = tmp_path / "checkpoints" / "run" / "ckpt_latest.pth"
+    checkpoint = read_checkpoint(path)
+    stored = checkpoint.info.normalization
+    if isinstance(normalize, dict):
+        assert stored == {"mode": "explicit", "mean": [0.4], "std": [0.2], "max_pixel_value": 200.0}
+    else:
+        assert stored["mode"] == normalize
+    evaluation = evaluate_split(open_model(path), tiny_dataset, "val", InferenceOptions(batch_size=4))
+    assert evaluation.metrics["val/mIoU"] == pytest.approx(checkpoint.metrics["val/mIoU"], rel=1e-5)
