@@ -153,11 +153,14 @@ class BackgroundWriter:
             self._idle.wait_for(lambda: self._busy == 0)
         self._raise_failure()
 
-    def close(self) -> None:
-        """Finish what is queued, stop the thread, and raise a failed write."""
-        self.wait()
+    def close(self, raise_failure: bool = True) -> None:
+        """Finish what is queued, stop the thread, and raise a failed write (unless told not to)."""
+        with self._lock:
+            self._idle.wait_for(lambda: self._busy == 0)
         self._order.put(None)
         self._thread.join()
+        if raise_failure:
+            self._raise_failure()
 
     def _raise_failure(self) -> None:
         with self._lock:

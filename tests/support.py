@@ -60,19 +60,23 @@ def heavy_imports(argv: list[str], cwd: Path) -> tuple[list[str], int | None, st
 
 
 def wandb_history(output: Path) -> list[dict]:
-    """The history rows of the one offline W&B run under `output/wandb`, read from its .wandb file.
+    """The history rows of the one offline W&B run under `output/wandb` (a resumed run adds a folder with the
+    same run id: all are read, oldest first), from its .wandb files.
 
-    The file is a LevelDB-style log (7-byte header ":W&B" + magic + version, then 32 KiB blocks of records
+    A file is a LevelDB-style log (7-byte header ":W&B" + magic + version, then 32 KiB blocks of records
     with a 7-byte header each) of protobuf `Record`s; history rows are the records with a `history` field.
     """
+    runs = sorted((output / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert runs and len({path.stem for path in runs}) == 1, runs
+    return [row for path in runs for row in _wandb_rows(path.read_bytes())]
+
+
+def _wandb_rows(data: bytes) -> list[dict]:
     import json
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    runs = list((output / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1, runs
-    data = runs[0].read_bytes()
     block, offset, pending, rows = 32768, 7, b"", []
     while offset + 7 <= len(data):
         if block - offset % block < 7:  # the rest of a block too short for a header is padding

@@ -125,7 +125,8 @@ class AverageConfig(StrictModel):
     """SWA: an equal average of the weights after each epoch from `start_epoch` on (average_model.pth)."""
 
     start_epoch: int | None = Field(None, ge=1)
-    """1-based; default: the epoch at 75% of max_epochs (the late, already good weights)."""
+    """1-based; default: the epoch at 75% of max_epochs (the late, already good weights). A run that ends
+    before it (early stopping, a small max_epochs) writes no average_model.pth."""
     bn_batches: int | None = Field(None, ge=1)
     """Train batches used to recompute BatchNorm statistics for the averaged weights (default: all)."""
 
@@ -223,11 +224,6 @@ class Experiment(StrictModel):
                         f"normalize.{key} has {len(values)} values but model.in_channels is "
                         f"{self.model.in_channels}; give one value per channel (or one for all)"
                     )
-        if self.average and self.average.start_epoch and self.average.start_epoch > self.max_epochs:
-            raise ValueError(
-                f"average.start_epoch {self.average.start_epoch} is after max_epochs {self.max_epochs}; "
-                "lower it, or set `average: null` to write no average_model.pth"
-            )
         return self
 
     @property

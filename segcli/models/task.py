@@ -82,8 +82,9 @@ class SegmentationTask(pl.LightningModule):
 
     def _accumulate(self, stage: str, logits: torch.Tensor, masks: torch.Tensor, loss: torch.Tensor) -> None:
         self.confusion[f"{stage}_matrix"].update(predictions(logits.detach()), masks)
+        # train/* reach the logger from on_train_epoch_end itself (see there), not from Lightning's later flush.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(masks),
-                 sync_dist=True)  # fmt: skip
+                 sync_dist=True, logger=stage != "train")  # fmt: skip
 
     def _watch_for_divergence(self, loss: torch.Tensor) -> None:
         """Stop on a NaN/inf loss, before backward() on the CPU; on a GPU without a per-step synchronisation."""
@@ -102,35 +103,44 @@ class SegmentationTask(pl.LightningModule):
             "`--resume` continues from the last completed epoch"
         )
 
-    def _log_epoch_scores(self, stage: str) -> None:
+    def _epoch_scores(self, stage: str) -> dict[str, float] | None:
+        """The stage's epoch metrics from its confusion matrix (then reset); None when nothing accumulated."""
         # compute() sums the matrix over processes before any ratio is taken.
         confusion = self.confusion[f"{stage}_matrix"]
         matrix = confusion.compute()
         confusion.reset()
         if int(matrix.sum()) == 0:
-            return  # nothing accumulated (e.g. the epoch-end hook of a resumed epoch): no row of NaN
+            return None
         if stage == "val":
             self.last_val_matrix = matrix.detach().cpu().clone()
-        self.log_scores(epoch_metrics(matrix, stage, self.class_names, self.binary))
+        return epoch_metrics(matrix, stage, self.class_names, self.binary)
 
-    def log_scores(self, metrics: dict[str, float]) -> None:
+    def log_scores(self, metrics: dict[str, float], logger: bool = True) -> None:
         """Log epoch metrics; the headline means also go to the progress bar."""
         headline = {key: value for key, value in metrics.items() if key.endswith(("/mIoU", "/mDCC"))}
         # Already summed over processes; sync_dist only averages identical values (and silences Lightning).
-        self.log_dict(headline, prog_bar=True, sync_dist=True)
-        self.log_dict({k: v for k, v in metrics.items() if k not in headline}, sync_dist=True)
+        self.log_dict(headline, prog_bar=True, sync_dist=True, logger=logger)
+        self.log_dict({k: v for k, v in metrics.items() if k not in headline}, sync_dist=True, logger=logger)
         # W&B's `epoch` column counts from 1, like everything segcli shows (Lightning would log its 0-based one).
-        self.log("epoch", float(self.current_epoch + 1), sync_dist=True)
+        self.log("epoch", float(self.current_epoch + 1), sync_dist=True, logger=logger)
 
     def on_train_epoch_end(self) -> None:
         self.raise_if_diverged()
-        self._log_epoch_scores("train")
+        metrics = self._epoch_scores("train")
+        if metrics is None:
+            return  # nothing accumulated (e.g. the epoch end of a resumed epoch): no row of NaN
+        self.log_scores(metrics, logger=False)
+        # To the logger now, not at Lightning's flush after every epoch-end hook: the row is written before
+        # this epoch's training state is saved, so a run killed between the two never loses it.
+        if self.trainer.is_global_zero and self.logger is not None:
+            loss = float(self.trainer.callback_metrics["train/loss"])
+            row = {**metrics, "train/loss": loss, "epoch": float(self.current_epoch + 1)}
+            self.logger.log_metrics(row, step=self.global_step - 1)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._log_epoch_scores("val")
-        else:
-            self.confusion["val_matrix"].reset()
+        metrics = self._epoch_scores("val")
+        if metrics is not None and not self.trainer.sanity_checking:
+            self.log_scores(metrics)
 
     @torch.inference_mode()
     def score(self, model: nn.Module, loader) -> tuple[float, torch.Tensor]:

@@ -42,6 +42,14 @@ class TrainResult:
     primary: bool = True
     """False in the extra processes of a multi-process run: they report nothing."""
 
+    @classmethod
+    def finished(cls, run_name: str, run_dir, record) -> TrainResult:
+        """What `--resume` of a run that already ended returns: nothing to do."""
+        checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
+        return cls(run_name=run_name, run_dir=run_dir.path, checkpoints=checkpoints, best_epoch=None, best_metrics={},
+                   history=[], epochs_run=record.epochs_completed, stopped_early=False, seconds=0.0, parameters=0,
+                   wandb_mode=None, finished_before=True)  # fmt: skip
+
 
 def worst_images(plan, run_dir, device, count: int) -> tuple[Evaluation, list]:
     """Score every val image on its own with the best checkpoint (through `evaluate`'s code) and draw the worst."""
@@ -73,7 +81,7 @@ def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None, samples
         run.log(summary)
 
 
-def finish_run(plan, trainer, *, checkpoints, average, stop, logger, writer, run_dir, record, lead, options):
+def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, record, lead, options) -> TrainResult:
     exp = plan.experiment
     average_metrics = dict(average.metrics) if average is not None else {}
     result = TrainResult(

@@ -63,6 +63,8 @@ class RunOptions:
     on_epoch: Callable[[dict[str, float], int], None] | None = None
     """Told after every epoch: the epoch's row and max_epochs (the CLI prints plain progress lines)."""
     on_stop_request: Callable[[], None] | None = None
+    extra_callbacks: list = field(default_factory=list)
+    """More Lightning callbacks (the benchmark's timers)."""
 
     @property
     def folder(self) -> RunDir:
@@ -164,7 +166,7 @@ def _callbacks(
     callbacks.append(TrainSamples(plan, seed=exp.seed))
     if exp.log_predictions.count:
         callbacks.append(PredictionLogger.for_plan(plan, datasets["val"]))
-    return callbacks, checkpoints, stop, average
+    return [*callbacks, *options.extra_callbacks], checkpoints, stop, average
 
 
 def train(experiment: Experiment, options: RunOptions) -> TrainResult:
@@ -174,8 +176,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     resume_from = _resume_point(options, run_dir, experiment)
     record = RunRecord.read(run_dir) if resume_from else None
     if record and record.finished and options.resume_from is None and record.epochs_completed >= experiment.max_epochs:
-        return TrainResult(options.run_name, run_dir.path, {p.name: p for p in run_dir.weights() if p.exists()}, None,
-                           {}, [], record.epochs_completed, False, 0.0, 0, None, finished_before=True)  # fmt: skip
+        return TrainResult.finished(options.run_name, run_dir, record)
     quiet_libraries()
     plan = preflight(
         experiment,
@@ -211,10 +212,13 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             trainer.fit(plan.task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         writer.wait()
         result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, logger=logger,
-                            writer=writer, run_dir=run_dir, record=record, lead=lead, options=options)  # fmt: skip
-    finally:
-        writer.close()
+                            run_dir=run_dir, record=record, lead=lead, options=options)  # fmt: skip
+    except BaseException:
+        writer.close(raise_failure=False)  # the error on its way out is the one to report
         logger.close()
+        raise
+    writer.close()
+    logger.close()
     result.seconds = time.monotonic() - started
     result.resumed_from = resume_from
     return result

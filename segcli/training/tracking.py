@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import wandb
+from lightning_fabric.loggers.logger import _DummyExperiment as DummyExperiment
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 from wandb.sdk.lib.runid import generate_id
@@ -75,13 +77,15 @@ class BackgroundWandbLogger(WandbLogger):
     The whole configuration goes to wandb.init, so Lightning's own hyper-parameter logging is skipped.
     """
 
-    def __init__(self, started: Future, **kwargs: Any):
+    def __init__(self, started: Future | None, **kwargs: Any):
         super().__init__(**kwargs)
         self._started = started
         self.mode: str | None = None
 
     @property
     def experiment(self):
+        if self._started is None:  # another process of a multi-process run: rank 0 alone logs
+            return DummyExperiment()
         if self._experiment is None:
             self._experiment, self.mode = self._started.result()
         return self._experiment
@@ -91,6 +95,8 @@ class BackgroundWandbLogger(WandbLogger):
 
     def close(self) -> None:
         """Finish the W&B run (flushing what is queued), whether or not anything was logged."""
+        if self._started is None:
+            return
         try:
             run, _ = self._started.result()
         except Exception:  # noqa: BLE001 - a run that never started has nothing to finish
@@ -101,6 +107,8 @@ class BackgroundWandbLogger(WandbLogger):
 def start_logger(*, project: str, name: str, run_id: str, save_dir: Path, mode: str, config: dict,
                  group: str | None = None) -> BackgroundWandbLogger:  # fmt: skip
     quiet_wandb()
+    if getattr(rank_zero_only, "rank", 0) != 0:  # another process of a multi-process run: rank 0 alone logs
+        return BackgroundWandbLogger(None, project=project, name=name, id=run_id, save_dir=str(save_dir))
     save_dir.mkdir(parents=True, exist_ok=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="segcli-wandb")
     started = pool.submit(init_run, mode=mode, project=project, name=name, id=run_id, resume="allow",

@@ -22,6 +22,7 @@ model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4}
 defaults: {batch_size: 2, max_epochs: 1, num_workers: 0, devices: 2, strategy: ddp}
 experiments:
   two: {}
+  three: {lr: 0.01}
 """
 
 
@@ -62,3 +63,15 @@ def test_two_process_ddp_matches_one_process(tiny_dataset, in_tmp_cwd):
             assert math.isnan(logged[key]), key
         else:
             assert logged[key] == pytest.approx(value, rel=1e-6), key  # Lightning logs in float32
+
+
+@pytest.mark.slow
+def test_a_sweep_under_ddp_runs_every_experiment(tiny_dataset, in_tmp_cwd):
+    """The second process left the sweep after the first experiment; the next Trainer then lost its peer."""
+    (in_tmp_cwd / "ddp.yaml").write_text(EXPERIMENTS)
+    result = run_segcli("train", "-c", "ddp.yaml", "-e", "all", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
+                        "--output-dir", "out", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: best validation scores" in result.stdout and result.stdout.count(" ok") == 2
+    for run in ("ddp-two", "ddp-three"):
+        assert (in_tmp_cwd / "out" / "checkpoints" / run / "ckpt_best.pth").is_file(), run

@@ -115,6 +115,10 @@ def _assert_same_run(resumed: Path, clean: Path, run: str = RUN) -> None:
         _assert_equal(a[key], b[key], key)
     _assert_equal(_without_timing(a["callbacks"]), _without_timing(b["callbacks"]), "callbacks")
     for name in ("ckpt_latest.pth", "ckpt_best.pth", "ema_model.pth", "average_model.pth"):
+        exists = (clean / "checkpoints" / run / name).exists()
+        assert (resumed / "checkpoints" / run / name).exists() == exists, name
+        if not exists:  # an early stop before the average's start epoch: no average_model.pth in either
+            continue
         x = torch.load(resumed / "checkpoints" / run / name, weights_only=True)
         y = torch.load(clean / "checkpoints" / run / name, weights_only=True)
         _assert_equal(x["state_dict"], y["state_dict"], name)
@@ -155,7 +159,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(config, tiny_dataset, i
     rows = wandb_history(output)
     train_rows = [row for row in rows if "train/mIoU" in row]
     assert all(not math.isnan(row["train/mIoU"]) for row in train_rows), "a resume logged an empty epoch's NaN"
-    assert sorted(row["epoch"] for row in train_rows) == [1, 2, 3, 4, 5][: len(train_rows)]
+    epochs = [row["epoch"] for row in train_rows]
+    # One row per epoch, 1-based, none repeated (W&B's own service may drop the last row before a kill -9).
+    assert epochs == sorted(set(epochs)) and set(epochs) >= {1, 3, 4, 5} and set(epochs) <= {1, 2, 3, 4, 5}
 
     again = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert again.returncode == 0 and "already finished" in again.stdout
