@@ -1,6 +1,6 @@
 """Median start-up time of the light commands (they must not import torch).
 
-    .venv/bin/python benchmarks/startup.py [--repeats 7]
+.venv/bin/python benchmarks/startup.py [--repeats 7]
 """
 
 from __future__ import annotations

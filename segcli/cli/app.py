@@ -55,18 +55,22 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,  # bugs print a plain Python traceback
 )
-app.command("train")(train.train)
-app.command("validate-dataset")(validate_dataset.validate_dataset)
-app.command("preview-samples")(preview_samples.preview_samples)
-app.command("list-experiments")(list_experiments.list_experiments)
-app.command("report")(report.report)
-app.command("find-lr")(find_lr.find_lr)
-app.command("make-demo-dataset")(make_demo_dataset.make_demo_dataset)
-app.command("export-checkpoint")(export_checkpoint.export_checkpoint)
-app.command("predict")(predict.predict)
-app.command("evaluate")(evaluate.evaluate)
-app.command("benchmark")(benchmark.benchmark)
-app.command("schema")(schema.schema)
+COMMANDS = {
+    "train": train.train,
+    "validate-dataset": validate_dataset.validate_dataset,
+    "preview-samples": preview_samples.preview_samples,
+    "list-experiments": list_experiments.list_experiments,
+    "report": report.report,
+    "find-lr": find_lr.find_lr,
+    "make-demo-dataset": make_demo_dataset.make_demo_dataset,
+    "export-checkpoint": export_checkpoint.export_checkpoint,
+    "predict": predict.predict,
+    "evaluate": evaluate.evaluate,
+    "benchmark": benchmark.benchmark,
+    "schema": schema.schema,
+}
+for command_name, command in COMMANDS.items():
+    app.command(command_name)(command)
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import (
     ClassesOpt,
@@ -38,6 +37,8 @@ def benchmark(
 
     Without --config it measures Unet/resnet18 from scratch with the default settings.
     """
+    from rich.table import Table
+
     from segcli.config import env
     from segcli.config.schema import Experiment
 
@@ -74,4 +75,15 @@ def benchmark(
         table.add_row("GPU peak allocated", f"{result['gpu_peak_allocated_mb']:.0f} MB")
         table.add_row("GPU utilisation", f"{result['gpu_utilization_percent']}%")
     table.add_row("precision / channels_last", f"{result['precision']} / {result['channels_last']}")
+    whole = result["whole_run"]
+    if whole:
+        table.add_section()
+        table.add_row("whole run (2 epochs)", f"{whole['total_seconds']:.1f} s")
+        table.add_row("start-up until the first step", f"{whole['startup_seconds']:.1f} s")
+        table.add_row("one epoch (steps + validation)", f"{whole['epoch_seconds']:.1f} s")
+        table.add_row(
+            "epoch end (checkpoints, report, logging)",
+            f"{whole['epoch_end_seconds']:.2f} s ({100 * whole['epoch_end_share_of_epoch']:.1f}% of an epoch)",
+        )
+        table.add_row("after the last epoch (SWA, worst images)", f"{whole['finish_seconds']:.1f} s")
     stdout_console().print(table)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 EXIT_PROBLEMS = 1  # validate-dataset found problems, an export check failed, predict skipped files, a sweep failed
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
@@ -20,14 +19,18 @@ EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
 # --- consoles and numbers ----------------------------------------------------------------------------
 
 
-def stdout_console() -> Console:
+def stdout_console():
     """The terminal's width on a terminal; otherwise no wrapping at all, so paths and commands stay whole."""
+    from rich.console import Console
+
     if sys.stdout.isatty():
         return Console(highlight=False)
     return Console(width=100_000, soft_wrap=True, highlight=False)
 
 
-def stderr_console() -> Console:
+def stderr_console():
+    from rich.console import Console
+
     if sys.stderr.isatty():
         return Console(stderr=True, highlight=False)
     return Console(stderr=True, width=100_000, soft_wrap=True, highlight=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import (
     BatchSizeOpt,
@@ -93,6 +92,8 @@ def evaluate(
 
 
 def _print_table(result, predictor, root: Path, worst: int | None) -> None:
+    from rich.table import Table
+
     s = result.split
     pixels = result.matrix.sum(1).tolist()
     console = stdout_console()

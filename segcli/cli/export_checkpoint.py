@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, ModelsArg, stdout_console
 
@@ -83,6 +82,8 @@ def export_checkpoint(
 
 
 def _print(result, tolerance: float, min_agreement: float) -> None:
+    from rich.table import Table
+
     table = Table(title=f"export {result.format}", show_header=False)
     table.add_column(style="bold")
     table.add_column()

@@ -27,8 +27,14 @@ def find_lr(
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
 ) -> None:
     """Train a few steps with a rising learning rate and suggest the one where the loss falls fastest."""
+    import os
+    import sys
+
     from segcli.config import env
     from segcli.config.loader import load_experiment_file, resolve_experiment
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # Lightning's own progress bar, noise in a log file
     from segcli.training.lr_finder import find_learning_rate
 
     env.load_env_file()

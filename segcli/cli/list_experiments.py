@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import JsonOpt, stderr_console, stdout_console
 from segcli.errors import ConfigError
@@ -74,6 +73,8 @@ def list_experiments(
     json_output: JsonOpt = False,
 ) -> None:
     """List every experiment with what it changes relative to its file's defaults."""
+    from rich.table import Table
+
     rows, problems = collect(paths or [Path("experiments")])
     if json_output:
         typer.echo(json.dumps({"experiments": rows, "errors": problems}, indent=2))

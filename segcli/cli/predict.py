@@ -47,12 +47,12 @@ def predict(
             "class otherwise) under probabilities/.",
         ),
     ] = None,
-    ensemble: EnsembleOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = 0.25,
     batch_size: BatchSizeOpt = 4,
     tta: TtaOpt = None,
     resize: ResizeOpt = None,
+    ensemble: EnsembleOpt = None,
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import fmt, stdout_console
 
@@ -21,6 +20,8 @@ def report(
     ] = True,
 ) -> None:
     """Summarise finished (or running) runs: best epoch, scores, per-class IoU; redraw their charts."""
+    from rich.table import Table
+
     from segcli.artifacts import RunDir
     from segcli.training.report import read_report, write_report
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import (
     EXIT_INTERRUPTED,
@@ -165,6 +164,8 @@ def _report(result, class_names: list[str]) -> None:
 
 def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
     """Run each experiment; a failure is reported and the others still run. Exit 1 if any failed."""
+    from rich.table import Table
+
     from segcli.training.sweep import is_primary_process, run_sweep
 
     primary = is_primary_process()
@@ -228,6 +229,8 @@ def _print_dry_run(resolved: dict, options_for) -> None:
 
 
 def _print_summary(result, class_names: list[str]) -> None:
+    from rich.table import Table
+
     console = stdout_console()
     best = result.best_metrics
     table = Table(title=f"run {result.run_name}", show_header=False)
@@ -257,6 +260,8 @@ def _print_summary(result, class_names: list[str]) -> None:
 
 
 def _print_per_class(console, scores: dict, class_names: list[str], title: str) -> None:
+    from rich.table import Table
+
     absent = any(scores.get(f"val/IoU/{name}") != scores.get(f"val/IoU/{name}") for name in class_names)
     per_class = Table(title=title, caption="-: absent from targets and predictions (left out of the means)"
                       if absent else None)  # fmt: skip
@@ -269,6 +274,8 @@ def _print_per_class(console, scores: dict, class_names: list[str], title: str) 
 
 
 def _print_folds(result, class_names: list[str]) -> None:
+    from rich.table import Table
+
     console = stdout_console()
     table = Table(title=f"k-fold {result.run_name}: best validation scores per fold")
     for column in ("fold", "run", "val images", "best val/mIoU", "best val/mDCC", "best epoch"):

@@ -7,7 +7,6 @@ from collections import defaultdict
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from segcli.cli.common import (
     EXIT_PROBLEMS,
@@ -76,6 +75,8 @@ def validate_dataset(
 
 
 def _print_report(report, failed: bool) -> None:
+    from rich.table import Table
+
     console = stdout_console()
     pairs = ", ".join(f"{split}: {stats.pairs} pairs" for split, stats in report.splits.items())
     console.print(f"[bold]{report.root}[/bold]  ({pairs})", highlight=False)
