@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from segcli.drawing.colours import palette
 
@@ -23,8 +24,11 @@ def _series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[int], l
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def results_chart(rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str) -> Figure:
-    """Loss, mIoU, mDCC (train, val, EMA when present) and the learning rate per epoch; best epoch marked."""
+def results_chart(
+    rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str, average: Mapping[str, float] = {}
+) -> Figure:
+    """Loss, mIoU, mDCC (train, val, EMA when present) and the learning rate per epoch; best epoch marked; the
+    SWA average's scores (`val_avg/*`, measured once at the end) as a star at the last epoch."""
     figure = Figure(figsize=(11, 7), layout="constrained")
     axes = figure.subplots(2, 2)
     panels = [("loss", axes[0][0], True), ("mIoU", axes[0][1], False), ("mDCC", axes[1][0], False)]
@@ -33,6 +37,9 @@ def results_chart(rows: Sequence[Mapping[str, float]], best_epoch: int | None, t
             epochs, values = _series(rows, f"{stage}/{metric}")
             if epochs:
                 ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=stage)
+        if f"val_avg/{metric}" in average and rows and not math.isnan(average[f"val_avg/{metric}"]):
+            ax.plot([rows[-1]["epoch"]], [average[f"val_avg/{metric}"]], "*", color="tab:purple", markersize=12,
+                    label="average_model")  # fmt: skip
         ax.set_title(metric + (" (lower is better)" if is_loss else ""))
         if not is_loss:
             ax.set_ylim(0, 1)
@@ -45,6 +52,7 @@ def results_chart(rows: Sequence[Mapping[str, float]], best_epoch: int | None, t
     lr_axis.set_title("learning rate")
     for ax in (*(p[1] for p in panels), lr_axis):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="tab:red", alpha=0.4, linestyle=":", label=f"best (epoch {best_epoch})")

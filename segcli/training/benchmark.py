@@ -4,7 +4,9 @@ Sections, each on fresh DataLoaders built exactly as `train` builds them:
 1. loader: the real train DataLoader alone (decode, transforms, collate);
 2. model: forward + loss + backward + optimizer step on one batch held on the device;
 3. train: the real Lightning step as `segcli train` runs it (metrics, logging, checkpoint callbacks);
-4. bare: a plain PyTorch for-loop over the same loader with the same model, loss, precision and batch.
+4. bare: a plain PyTorch for-loop over the same loader with the same model, loss, precision and batch;
+5. whole run: a real `train()` of two epochs, split into its fixed start-up (until the first step),
+   the epochs' steps, and the work at each epoch's end (checkpoints, report, logging), as shares.
 Throughput is counted after warm-up steps, between two device synchronisations.
 """
 
@@ -30,7 +32,7 @@ from segcli.models.task import SegmentationTask
 from segcli.training.callbacks.checkpoints import RunCheckpoints
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, preflight
-from segcli.training.run import build_trainer
+from segcli.training.run import RunOptions, build_trainer, train
 
 WARMUP = 3  # first steps pay one-off costs (kernel selection, allocator growth, worker start)
 ROUNDS = 2
@@ -181,12 +183,64 @@ def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
     return timer.rate, utilization
 
 
+class _Phases(pl.Callback):
+    """Wall-clock marks of a whole run: first step, each epoch's steps, each epoch's end."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.first_step = None
+        self.epoch_end_seconds: list[float] = []
+        self.epoch_seconds: list[float] = []
+        self._epoch_started = self._end_started = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        now = time.perf_counter()
+        if self._end_started is not None:  # the previous epoch's end, Lightning's and segcli's, until now
+            self.epoch_end_seconds.append(now - self._end_started)
+        self._epoch_started = now
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._end_started = time.perf_counter()
+            self.epoch_seconds.append(self._end_started - self._epoch_started)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.epoch_end_seconds.append(time.perf_counter() - self._end_started)
+
+
+def _whole_run(experiment: Experiment, dataset: Path, class_names: list[str], force_cpu: bool) -> dict[str, Any]:
+    """Two real epochs of `train()` in a scratch folder (W&B offline), timed by phase."""
+    phases = _Phases()
+    exp = experiment.model_copy(update={"max_epochs": 2})
+    with tempfile.TemporaryDirectory() as scratch:
+        options = RunOptions(dataset=dataset, class_names=class_names, run_name="benchmark", experiment_name="b",
+                             output_dir=Path(scratch), offline=True, force_cpu=force_cpu, progress=False,
+                             extra_callbacks=[phases])  # fmt: skip
+        train(exp, options)
+    total = time.perf_counter() - phases.started
+    startup = phases.first_step - phases.started
+    epoch = sum(phases.epoch_seconds) / len(phases.epoch_seconds)
+    epoch_end = sum(phases.epoch_end_seconds[:-1]) / max(1, len(phases.epoch_end_seconds) - 1)
+    return {
+        "total_seconds": total,
+        "startup_seconds": startup,
+        "epoch_seconds": epoch,
+        "epoch_end_seconds": epoch_end,
+        "epoch_end_share_of_epoch": _ratio(epoch_end, epoch),
+        "finish_seconds": phases.epoch_end_seconds[-1],
+    }
+
+
 def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
 def run_benchmark(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str, force_cpu: bool,
-                  steps: int) -> dict[str, Any]:  # fmt: skip
+                  steps: int, whole_run: bool = True) -> dict[str, Any]:  # fmt: skip
     """Measure every section and return one plain document (the CLI prints it)."""
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
     exp = experiment
@@ -233,4 +287,5 @@ def run_benchmark(experiment: Experiment, *, dataset: Path, class_names: list[st
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "gpu_utilization_percent": utilization,
+        "whole_run": _whole_run(experiment, dataset, class_names, force_cpu) if whole_run else None,
     }

@@ -36,8 +36,9 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     with tempfile.TemporaryDirectory() as scratch:
         trainer = build_trainer(plan, logger=False, callbacks=[], progress=False, writer=writer,
                                 default_root_dir=scratch, enable_checkpointing=False)  # fmt: skip
+        # early_stop_threshold=None: the whole range; a noisy start must not end the test before it shows anything.
         finder = Tuner(trainer).lr_find(plan.task, train_dataloaders=loaders["train"], min_lr=min_lr, max_lr=max_lr,
-                                        num_training=steps, update_attr=False)  # fmt: skip
+                                        num_training=steps, update_attr=False, early_stop_threshold=None)  # fmt: skip
         writer.close()
     lrs, losses = finder.results["lr"], finder.results["loss"]
     suggestion = finder.suggestion()

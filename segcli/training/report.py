@@ -66,7 +66,7 @@ def write_report(summary: RunSummary, run_dir: RunDir) -> None:
     title = f"{summary.run_name}: {len(summary.rows)} epochs" + (
         f", best epoch {summary.best_epoch} by {summary.monitor}" if summary.best_epoch else ""
     )
-    save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title))
+    save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title, summary.extra))
     best = summary.best_row
     if best:
         stage = summary.monitor.split("/")[0]

@@ -28,4 +28,9 @@ def test_benchmark_json_on_camvid_mini(camvid_mini, in_tmp_cwd):
     )
     assert 0 < report["metric_update_share_of_step"] < 1
     assert report["peak_rss_mb"] > 100 and report["gpu_peak_allocated_mb"] is None
+    whole = report["whole_run"]
+    assert 0 < whole["startup_seconds"] < whole["total_seconds"] and whole["epoch_seconds"] > 0
+    assert whole["epoch_end_share_of_epoch"] == pytest.approx(whole["epoch_end_seconds"] / whole["epoch_seconds"],
+                                                               rel=1e-2)  # fmt: skip
     assert not (in_tmp_cwd / "checkpoints").exists()  # a benchmark leaves no run behind
+    assert not (in_tmp_cwd / "wandb").exists()
