@@ -158,7 +158,7 @@ CASES = [
         ["optimizer.name: unknown optimizer"],
         config=experiment_file("{optimizer: {name: \"__import__('os').system('touch pwned')\"}}"),
     ),
-    Case("classes differ from CLASS_NAMES", ["model.classes is 4", "3 names"], args=["--classes", "a,b,c"]),
+    Case("classes differ from CLASS_NAMES", ["model.classes is 4", "lists 3 names"], args=["--classes", "a,b,c"]),
     Case("missing CLASS_NAMES", ["no class names", "CLASS_NAMES"], no_classes=True),
     Case("empty CLASS_NAMES", ["CLASS_NAMES is empty"], no_classes=True, env_file="CLASS_NAMES=\n"),
     Case("missing DATASET_PATH folder", ["nowhere does not exist", "DATASET_PATH"], args=["--dataset", "nowhere"]),
@@ -186,6 +186,37 @@ CASES = [
         "resume from another architecture",
         ["was trained with model", "same model block"],
         args=["--resume-from", "fpn_state.ckpt"],
+    ),
+    Case(
+        "normalize in one transform list",  # the val pipeline would have normalised differently
+        ["train_transforms[0]: normalisation", "experiment key `normalize:`"],
+        config=experiment_file("{train_transforms: [{name: normalize, params: {mean: 0.5, std: 0.2}}]}"),
+    ),
+    Case(
+        "three normalisation values for a one-channel model",
+        ["normalize.mean has 3 values but model.in_channels is 1"],
+        config=experiment_file(
+            model="model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4, in_channels: 1}\n",
+            experiment="{normalize: {mean: [0.4, 0.4, 0.4], std: [0.2, 0.2, 0.2]}}",
+        ),
+    ),
+    Case(
+        "in_channels that the images do not have",  # crashed mid-sanity-check with a traceback
+        ["model.in_channels is 4", "have 3 channel(s)", "`model.in_channels: 3`"],
+        config=experiment_file(
+            model="model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4, in_channels: 4}\n",
+            experiment="{normalize: dataset}",
+        ),
+    ),
+    Case(
+        "val_ema monitor without ema",
+        ["monitor.metric", "val_ema/* needs `ema:`"],
+        config=experiment_file("{monitor: val_ema/mIoU}"),
+    ),
+    Case(
+        "ReduceLROnPlateau stepped per batch",
+        ["scheduler.interval", "interval: epoch"],
+        config=experiment_file("{scheduler: {name: ReduceLROnPlateau, interval: step}}"),
     ),
 ]
 if not torch.cuda.is_available():

@@ -160,3 +160,31 @@ def test_export_warnings_stay_quiet(checkpoint, tmp_path, recwarn):
     export(checkpoint, "torchscript", tmp_path / "m.pt", height=64, width=64)
     noisy = [str(w.message) for w in recwarn if "deprecated" in str(w.message) or "legacy" in str(w.message)]
     assert not noisy, noisy
+
+
+def test_huge_logits_pass_by_their_relative_difference_and_class_agreement(tmp_path, capsys):
+    """After one epoch logits can be near 10^4: an absolute 1e-3 refused exports whose classes were identical."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt_best.pth")
+    payload = torch.load(checkpoint, weights_only=True)
+    for key in ("segmentation_head.0.weight", "segmentation_head.0.bias"):
+        payload["state_dict"][key] = payload["state_dict"][key] * 2e4
+    torch.save(payload, checkpoint)
+    result = run_main(capsys, "export-checkpoint", checkpoint, "--height", "64", "--width", "64", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    check = document["check"]
+    assert check["passed"] and document["written"] and Path(document["path"]).is_file()
+    assert max(item["max_abs_diff"] for item in check["inputs"]) > 1e-3  # what the old check refused
+    assert check["max_relative_diff"] < 1e-4 and check["min_class_agreement"] >= 0.999
+    assert document["model"]["class_names"] == TINY_CLASSES
+
+
+def test_disagreeing_classes_fail_the_check(tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "ckpt_best.pth")
+    result = run_main(capsys, "export-checkpoint", checkpoint, "--height", "64", "--width", "64",
+                      "--min-agreement", "1.5", "--json")  # fmt: skip
+    assert result.returncode == 2  # out of range: Typer's usage error
+    result = run_main(capsys, "export-checkpoint", checkpoint, "--height", "64", "--width", "64", "--tolerance", "0",
+                      "--json")  # fmt: skip
+    assert result.returncode == 1 and json.loads(result.stdout)["written"] is False
+    assert "nothing was written" in result.stderr

@@ -1,0 +1,73 @@
+"""`segcli report` on finished runs, alone and side by side; `segcli find-lr` on real data."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import CAMVID_CLASSES, DEMO_CLASSES, REPO, run_segcli
+
+RUNS = """
+model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4}
+defaults: {batch_size: 4, max_epochs: 2, num_workers: 0, log_predictions: {count: 0, worst: 0}}
+experiments:
+  a: {}
+  b: {lr: 0.01}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    (folder / "r.yaml").write_text(RUNS)
+    result = run_segcli("train", "-c", "r.yaml", "-e", "all", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
+                        "--output-dir", "out", cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, [folder / "out" / "checkpoints" / name for name in ("r-a", "r-b")]
+
+
+def test_report_redraws_and_summarises_a_run_from_its_folder_alone(runs, tmp_path):
+    folder, (run, _) = runs
+    copy = tmp_path / "copied-run"  # no W&B, no experiment file, nothing but the folder
+    shutil.copytree(run, copy)
+    for name in ("results.png", "per_class.png", "confusion_matrix.png"):
+        (copy / name).unlink()
+    result = run_segcli("report", copy, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("results.png", "per_class.png", "confusion_matrix.png"):
+        with Image.open(copy / name) as picture:
+            assert np.asarray(picture.convert("L")).std() > 10, name
+    lines = result.stdout
+    assert "best epoch" in lines and "best val/mIoU" in lines and "IoU disc" in lines
+    import csv
+
+    rows = list(csv.DictReader((copy / "metrics.csv").open()))
+    best = max(rows, key=lambda row: float(row["val/mIoU"]))
+    assert f"{float(best['val/mIoU']):.4f}" in lines
+
+
+def test_report_compares_runs_side_by_side(runs, tmp_path):
+    folder, run_dirs = runs
+    result = run_segcli("report", *run_dirs, "--no-redraw", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "r-a" in line)
+    assert "r-b" in header
+
+
+def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):
+    result = run_segcli("report", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "no metrics.csv" in result.stderr
+
+
+@pytest.mark.slow
+def test_find_lr_on_camvid_mini(camvid_mini, in_tmp_cwd):
+    result = run_segcli("find-lr", "-c", REPO / "experiments" / "camvid.yaml", "-e", "mini", "--dataset", camvid_mini,
+                        "--classes", CAMVID_CLASSES, "--steps", "30", "--apply", "--cpu", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "suggested lr:" in result.stdout and "--set lr=" in result.stdout
+    with Image.open(in_tmp_cwd / "lr_finder.png") as picture:
+        assert picture.width > 300
+    assert not list(in_tmp_cwd.glob("*.ckpt")) and not (in_tmp_cwd / "checkpoints").exists()  # nothing else left

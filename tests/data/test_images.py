@@ -1,0 +1,204 @@
+"""Images as they come: 16-bit and float data, N-band and multi-page TIFF, 0/255 and id-coded masks, scale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from segcli.config.schema import Experiment
+from segcli.data.checks import check_dataset
+from segcli.data.io import read_image, read_mask
+from segcli.data.synthetic import make_sample
+from segcli.training.run import RunOptions, train
+from tests.inference.support import read_png, run_main
+from tests.support import run_segcli
+
+SIZE = (32, 32)
+
+
+def write_dataset(root: Path, *, image, mask, suffix: str = ".png", mask_suffix: str = ".png", train: int = 6,
+                  val: int = 3, seed: int = 0) -> Path:  # fmt: skip
+    """`image(rgb, labels)` and `mask(labels)` turn a generated RGB sample (labels 0..3) into the stored files."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        for kind in ("images", "labels"):
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            rgb, labels = make_sample(SIZE, rng)
+            name = f"{split}_{index}"
+            _write(root / split / "images" / f"{name}{suffix}", image(rgb, labels))
+            _write(root / split / "labels" / f"{name}{mask_suffix}", mask(labels))
+    return root
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    if path.suffix in (".tif", ".tiff") and array.ndim == 3:  # bands as samples of each pixel, like GDAL's default
+        tifffile.imwrite(path, array, photometric="minisblack", planarconfig="contig")
+    elif path.suffix in (".tif", ".tiff"):
+        tifffile.imwrite(path, array, photometric="minisblack")
+    elif array.ndim == 3:
+        cv2.imwrite(str(path), cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+    else:
+        cv2.imwrite(str(path), array)
+
+
+def twelve_bit_grey(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (rgb.mean(2) * 16).astype(np.uint16)  # 0..4080: 12-bit data in a 16-bit PNG
+
+
+def four_bands(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """R, G, B and a "near-infrared" band that alone tells the classes apart (uint16)."""
+    nir = (labels.astype(np.uint16) * 1000 + 500).astype(np.uint16)
+    return np.dstack([rgb.astype(np.uint16) * 64, nir])
+
+
+def _train(root: Path, output: Path, classes: list[str], **keys):
+    experiment = Experiment.model_validate(
+        {
+            "model": {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": len(classes)},
+            "batch_size": 3, "max_epochs": 2, "num_workers": 0, "lr": 0.01, "average": None,
+            "log_predictions": {"count": 0, "worst": 0}, **keys,
+        }
+    )  # fmt: skip
+    options = RunOptions(dataset=root, class_names=classes, run_name="run", experiment_name="e", output_dir=output,
+                         progress=False)  # fmt: skip
+    return train(experiment, options), output / "checkpoints" / "run"
+
+
+# --- reading and checking ---------------------------------------------------------------------
+
+
+def test_sixteen_bit_pngs_keep_their_depth_and_the_check_names_it(tmp_path):
+    """They were squashed to 8 bits without a word (and previews were nearly black)."""
+    root = write_dataset(tmp_path / "d", image=twelve_bit_grey, mask=lambda labels: labels.astype(np.uint8))
+    image = read_image(root / "train" / "images" / "train_0.png", channels=1)
+    assert image.dtype == np.uint16 and image.max() > 255
+    report = check_dataset(root, ["train", "val"], ["bg", "disc", "square", "triangle"], workers=1)
+    train_stats = report.splits["train"]
+    assert train_stats.dtype == "uint16" and train_stats.bits_used == 12 and train_stats.max_pixel_value() == 4095
+    mean, std = train_stats.channel_mean_std(4095)
+    pixels = np.concatenate([read_image(p, 1)[::4, ::4].ravel() for p in (root / "train" / "images").iterdir()])
+    assert mean[0] == pytest.approx(pixels.mean() / 4095, rel=1e-6) and std[0] == pytest.approx(pixels.std() / 4095)
+    result = run_segcli("validate-dataset", "--dataset", root, "--classes", "bg,disc,square,triangle", cwd=tmp_path)
+    assert "uint16, max" in result.stdout and "12-bit data" in result.stdout
+
+
+def test_float_tiff_and_multipage_tiff_are_read_whole(tmp_path):
+    values = np.random.default_rng(0).random((8, 9)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", values)
+    assert np.array_equal(read_image(tmp_path / "f.tif", 1)[..., 0], values)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as writer:
+        for band in range(5):
+            writer.write(np.full((8, 9), band, np.uint16))
+    bands = read_image(tmp_path / "pages.tif", 5)
+    assert bands.shape == (8, 9, 5) and bands[0, 0].tolist() == [0, 1, 2, 3, 4]  # every page, never the first
+    planar = np.stack([np.full((8, 9), band, np.uint16) for band in range(5)])
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="minisblack", planarconfig="separate")
+    assert read_image(tmp_path / "planar.tif", 5)[0, 0].tolist() == [0, 1, 2, 3, 4]
+    with tifffile.TiffWriter(tmp_path / "odd.tif") as writer:
+        writer.write(np.zeros((8, 9), np.uint8))
+        writer.write(np.zeros((4, 4), np.uint8))
+    with pytest.raises(OSError, match="multi-page TIFF odd.tif has 2 pages"):
+        read_image(tmp_path / "odd.tif", 1)
+
+
+# --- training on them --------------------------------------------------------------------------
+
+
+def test_twelve_bit_grey_trains_with_its_bit_depth_stored(tmp_path):
+    root = write_dataset(tmp_path / "d", image=twelve_bit_grey, mask=lambda labels: labels.astype(np.uint8))
+    result, run_dir = _train(root, tmp_path / "out", ["bg", "disc", "square", "triangle"],
+                             model={"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None,
+                                    "classes": 4, "in_channels": 1}, normalize="dataset")  # fmt: skip
+    normalization = torch.load(run_dir / "ckpt_best.pth", weights_only=True)["model"]["normalization"]
+    assert normalization["mode"] == "dataset" and normalization["max_pixel_value"] == 4095.0
+    assert 0.05 < normalization["mean"][0] < 0.95 and normalization["std"][0] > 0.01
+    assert result.best_metrics["val/mIoU"] > 0
+
+
+def test_four_band_tiffs_train_predict_and_export_with_parity(tmp_path, capsys):
+    root = write_dataset(tmp_path / "d", image=four_bands, mask=lambda labels: labels.astype(np.uint8), suffix=".tif")
+    model = {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4, "in_channels": 4}
+    result, run_dir = _train(root, tmp_path / "out", ["bg", "disc", "square", "triangle"], model=model,
+                             normalize="dataset", max_epochs=3)  # fmt: skip
+    assert result.best_metrics["val/mIoU"] > 0 and result.epochs_run == 3
+    masks = tmp_path / "masks"
+    predicted = run_main(capsys, "predict", run_dir, root / "val" / "images", "-o", masks, "--overlay")
+    assert predicted.returncode == 0, predicted.stderr
+    assert read_png(masks / "val_0.png").shape == SIZE and (masks / "overlays" / "val_0.png").is_file()
+    exported = run_main(capsys, "export-checkpoint", run_dir, "--height", "32", "--width", "32", "--json")
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads(exported.stdout)
+    assert document["check"]["passed"] and document["model"]["in_channels"] == 4
+    onnx_masks = tmp_path / "onnx_masks"
+    assert run_main(capsys, "predict", document["path"], root / "val" / "images", "-o", onnx_masks).returncode == 0
+    for path in masks.glob("*.png"):
+        agreement = (read_png(path) == read_png(onnx_masks / path.name)).mean()
+        assert agreement > 0.999, path.name
+
+
+@pytest.mark.parametrize("classes", [2, 1])
+def test_binary_masks_saved_as_0_255_train_through_the_label_map(tmp_path, capsys, classes):
+    """2 classes (softmax) or smp's binary convention (`classes: 1`, sigmoid): 0/255 masks via {255: 1}."""
+    root = write_dataset(tmp_path / "d", image=lambda rgb, labels: rgb,
+                         mask=lambda labels: np.where(labels > 0, 255, 0).astype(np.uint8))  # fmt: skip
+    model = {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": classes}
+    result, run_dir = _train(root, tmp_path / "out", ["background", "shape"], model=model, label_map={255: 1})
+    best = result.best_metrics
+    if classes == 1:  # the headline is the foreground's IoU, as usual for binary segmentation
+        assert best["val/mIoU"] == pytest.approx(best["val/IoU/shape"])
+    assert best["val/IoU/shape"] > 0.1
+    output = tmp_path / "predicted"
+    result = run_main(capsys, "predict", run_dir, root / "val" / "images", "-o", output, "--probabilities", "16")
+    assert result.returncode == 0, result.stderr
+    if classes == 1:
+        probability = read_png(output / "probabilities" / "val_0.png")
+        assert probability.dtype == np.uint16 and probability.shape == SIZE
+        mask = read_png(output / "val_0.png")
+        assert np.array_equal(mask == 1, probability > 32767)  # the mask is the probability above 0.5
+    else:
+        assert len(list((output / "probabilities" / "val_0").glob("*.png"))) == 2
+    evaluation = run_main(capsys, "evaluate", run_dir, "--dataset", root, "--json")
+    assert evaluation.returncode == 0, evaluation.stderr  # the stored label map applies to the labels too
+
+
+def test_id_coded_masks_are_remapped_with_unknown_ids_ignored(tmp_path):
+    """Cityscapes-style: stored ids 7, 8, 26 are the classes; ids 0 and 1 go to ignore_index 255."""
+    ids = np.array([7, 8, 26, 1], np.uint8)  # label 3 is stored as id 1 (ignored)
+
+    def id_mask(labels: np.ndarray) -> np.ndarray:
+        mask = ids[labels]
+        mask[0, :] = 0
+        return mask
+
+    root = write_dataset(tmp_path / "d", image=lambda rgb, labels: rgb, mask=id_mask)
+    label_map = {7: 0, 8: 1, 26: 2, 0: 255, 1: 255}
+    report = check_dataset(root, ["train"], ["road", "car", "sky"], 255, workers=1, label_map=label_map)
+    assert report.errors == []
+    masks = [read_mask(p) for p in (root / "train" / "labels").iterdir()]
+    assert report.splits["train"].ignored_pixels == sum(int(((m == 0) | (m == 1)).sum()) for m in masks)
+    hint = check_dataset(root, ["train"], ["road", "car", "sky"], 255, workers=1)
+    assert hint.errors  # without the map the ids are not classes
+    result, _ = _train(root, tmp_path / "out", ["road", "car", "sky"], ignore_index=255, label_map=label_map)
+    assert result.epochs_run == 2
+
+
+def test_resize_runs_the_model_at_its_training_scale(tmp_path, capsys):
+    """A model trained on 32x32 meets 64x64 images: a warning names --resize; with it masks keep the input size."""
+    root = write_dataset(tmp_path / "d", image=lambda rgb, labels: rgb, mask=lambda labels: labels.astype(np.uint8))
+    _, run_dir = _train(root, tmp_path / "out", ["bg", "disc", "square", "triangle"])
+    big = tmp_path / "big"
+    big.mkdir()
+    for path in (root / "val" / "images").iterdir():
+        cv2.imwrite(str(big / path.name), cv2.resize(cv2.imread(str(path)), (96, 96)))
+    plain = run_main(capsys, "predict", run_dir, big, "-o", tmp_path / "plain")
+    assert "trained on 32x32" in plain.stderr and "--resize 32x32" in plain.stderr
+    resized = run_main(capsys, "predict", run_dir, big, "-o", tmp_path / "resized", "--resize", "32x32")
+    assert resized.returncode == 0 and "warning" not in resized.stderr
+    assert read_png(tmp_path / "resized" / "val_0.png").shape == (96, 96)
