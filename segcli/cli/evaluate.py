@@ -69,6 +69,8 @@ def evaluate(
         progress.total(len(pairs))
         result = evaluate_pairs(predictor, pairs, options, split, progress.advance)
     notes = stderr_console()
+    for warning in result.warnings:
+        notes.print(f"warning: {warning}", markup=False)
     source = predictor.info.source
     run = source.get("run_name") or predictor.path.parent.name
     if confusion_matrix is not None:

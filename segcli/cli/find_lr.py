@@ -47,6 +47,7 @@ def find_lr(
     if finding.suggestion is None:
         console.print(f"no suggestion: the loss did not fall over {min_lr:g}..{max_lr:g}; see {output}")
         raise typer.Exit(1)
-    console.print(f"suggested lr: {finding.suggestion:.3g} (the experiment has {resolved.lr:g}); plot: {output}")
+    console.print(f"suggested lr: {finding.suggestion:.3g} after {len(finding.lrs)} steps (the experiment has "
+                  f"{resolved.lr:g}); plot: {output}")  # fmt: skip
     if apply:
         console.print(f"segcli train -c {config} -e {experiment} --set lr={finding.suggestion:.3g}")

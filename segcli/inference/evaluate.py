@@ -22,7 +22,7 @@ from segcli.data.io import Pair, label_lookup, list_pairs, map_labels, read_imag
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
 from segcli.errors import DatasetError
-from segcli.inference.engine import InferenceOptions, masks_from, same_size_batches
+from segcli.inference.engine import InferenceOptions, masks_from, same_size_batches, scale_warning
 from segcli.inference.loading import Predictor
 from segcli.models.metrics import add_confusion, epoch_metrics, scores
 
@@ -47,6 +47,8 @@ class Evaluation:
     metrics: dict[str, float]
     """training's keys: `<split>/mIoU`, `<split>/mDCC`, `<split>/pixel_accuracy`, `<split>/IoU/<class>`, ..."""
     per_image: list[ImageScore] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """E.g. images far from the size the model was trained at."""
 
     def worst(self, count: int) -> list[ImageScore]:
         """The `count` images with the lowest per-image mIoU (images with nothing to score last)."""
@@ -147,8 +149,11 @@ def evaluate_pairs(
     info = predictor.info
     size = len(info.class_names)
     total = torch.zeros(size, size, dtype=torch.long)
-    per_image = []
-    for pair, _, target, prediction in predicted_pairs(predictor, pairs, options):
+    per_image, warnings = [], []
+    for pair, image, target, prediction in predicted_pairs(predictor, pairs, options):
+        warning = None if options.resize else scale_warning(info, *image.shape[:2])
+        if warning and warning not in warnings:
+            warnings.append(warning)
         matrix = torch.zeros(size, size, dtype=torch.long)
         add_confusion(matrix, torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(target.astype(np.int64)),
                       info.ignore_index)  # fmt: skip
@@ -167,6 +172,7 @@ def evaluate_pairs(
         matrix=matrix,
         metrics=epoch_metrics(matrix, split, info.class_names, info.binary),
         per_image=per_image,
+        warnings=warnings,
     )
 
 

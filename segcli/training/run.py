@@ -112,6 +112,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
+    warnings.filterwarnings("ignore", message=r".*defined a `validation_step` but have no `val_dataloader`.*")
 
 
 def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer: BackgroundWriter, **overrides):

@@ -193,12 +193,21 @@ def test_resize_runs_the_model_at_its_training_scale(tmp_path, capsys):
     """A model trained on 32x32 meets 64x64 images: a warning names --resize; with it masks keep the input size."""
     root = write_dataset(tmp_path / "d", image=lambda rgb, labels: rgb, mask=lambda labels: labels.astype(np.uint8))
     _, run_dir = _train(root, tmp_path / "out", ["bg", "disc", "square", "triangle"])
-    big = tmp_path / "big"
-    big.mkdir()
-    for path in (root / "val" / "images").iterdir():
-        cv2.imwrite(str(big / path.name), cv2.resize(cv2.imread(str(path)), (96, 96)))
+    big_root = tmp_path / "big"
+    for kind, interpolation in (("images", cv2.INTER_LINEAR), ("labels", cv2.INTER_NEAREST)):
+        (big_root / "val" / kind).mkdir(parents=True)
+        for path in (root / "val" / kind).iterdir():
+            picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(
+                str(big_root / "val" / kind / path.name), cv2.resize(picture, (96, 96), interpolation=interpolation)
+            )
+    big = big_root / "val" / "images"
     plain = run_main(capsys, "predict", run_dir, big, "-o", tmp_path / "plain")
     assert "trained on 32x32" in plain.stderr and "--resize 32x32" in plain.stderr
     resized = run_main(capsys, "predict", run_dir, big, "-o", tmp_path / "resized", "--resize", "32x32")
     assert resized.returncode == 0 and "warning" not in resized.stderr
     assert read_png(tmp_path / "resized" / "val_0.png").shape == (96, 96)
+    evaluated = run_main(capsys, "evaluate", run_dir, "--dataset", big_root, "--split", "val")
+    assert evaluated.returncode == 0 and "--resize 32x32" in evaluated.stderr  # evaluate warns the same way
+    evaluated = run_main(capsys, "evaluate", run_dir, "--dataset", big_root, "--split", "val", "--resize", "32x32")
+    assert evaluated.returncode == 0 and "warning" not in evaluated.stderr
