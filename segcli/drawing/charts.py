@@ -24,6 +24,11 @@ def _series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[int], l
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _wide(values: Sequence[float]) -> bool:
+    """Positive values spanning more than a factor 20: better read on a log scale."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 20
+
+
 def results_chart(
     rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str, average: Mapping[str, float] = {}
 ) -> Figure:
@@ -33,21 +38,25 @@ def results_chart(
     axes = figure.subplots(2, 2)
     panels = [("loss", axes[0][0], True), ("mIoU", axes[0][1], False), ("mDCC", axes[1][0], False)]
     for metric, ax, is_loss in panels:
+        plotted = []
         for stage, (colour, style) in STAGE_STYLES.items():
             epochs, values = _series(rows, f"{stage}/{metric}")
             if epochs:
                 ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=stage)
+                plotted += values
         if f"val_avg/{metric}" in average and rows and not math.isnan(average[f"val_avg/{metric}"]):
             ax.plot([rows[-1]["epoch"]], [average[f"val_avg/{metric}"]], "*", color="tab:purple", markersize=12,
                     label="average_model")  # fmt: skip
         ax.set_title(metric + (" (lower is better)" if is_loss else ""))
         if not is_loss:
             ax.set_ylim(0, 1)
+        elif _wide(plotted):  # one wild early val loss must not flatten every later epoch into a line
+            ax.set_yscale("log")
     lr_axis = axes[1][1]
     epochs, values = _series(rows, "lr")
     if epochs:
         lr_axis.plot(epochs, values, color="tab:gray", marker="o", markersize=3)
-        if min(values) > 0 and max(values) / min(values) > 20:
+        if _wide(values):
             lr_axis.set_yscale("log")
     lr_axis.set_title("learning rate")
     for ax in (*(p[1] for p in panels), lr_axis):

@@ -84,7 +84,7 @@ class RunReport:
     def __init__(self, run_dir: RunDir, writer: BackgroundWriter, run_name: str, class_names: list[str]):
         self.run_dir, self.writer, self.run_name, self.class_names = run_dir, writer, run_name, class_names
 
-    def submit(self, checkpoints) -> None:
+    def submit(self, checkpoints, extra: dict[str, float] | None = None) -> None:
         summary = RunSummary(
             run_name=self.run_name,
             class_names=self.class_names,
@@ -92,6 +92,7 @@ class RunReport:
             best_epoch=checkpoints.best_epoch,
             monitor=checkpoints.monitor.metric,
             best_matrix=checkpoints.best_matrix,
+            extra=dict(extra or {}),
         )
         self.writer.submit(self.run_dir.metrics_csv, lambda: write_report(summary, self.run_dir))
 

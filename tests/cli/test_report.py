@@ -72,3 +72,16 @@ def test_find_lr_on_camvid_mini(camvid_mini, in_tmp_cwd):
     with Image.open(in_tmp_cwd / "lr_finder.png") as picture:
         assert picture.width > 300
     assert not list(in_tmp_cwd.glob("*.ckpt")) and not (in_tmp_cwd / "checkpoints").exists()  # nothing else left
+
+
+def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_average():
+    from segcli.drawing.charts import results_chart
+
+    rows = [{"epoch": e, "train/loss": 2.0 / e, "val/loss": 700.0 if e == 1 else 2.0 / e, "val/mIoU": 0.1 * e,
+             "lr": 1e-3} for e in range(1, 6)]  # fmt: skip
+    figure = results_chart(rows, 5, "t", {"val_avg/mIoU": 0.55})
+    loss, miou = figure.axes[0], figure.axes[1]
+    assert loss.get_yscale() == "log" and miou.get_yscale() == "linear" and figure.axes[3].get_yscale() == "linear"
+    assert "average_model" in miou.get_legend_handles_labels()[1]
+    calm = results_chart([{**row, "val/loss": 2.0 / row["epoch"]} for row in rows], 5, "t")
+    assert calm.axes[0].get_yscale() == "linear"
