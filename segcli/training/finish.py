@@ -106,8 +106,8 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     count = exp.log_predictions.worst
     if count and run_dir.best.is_file() and not stop.requested:
         evaluation, samples = worst_images(plan, run_dir, trainer.strategy.root_device, count)
-    if average_metrics and checkpoints.report is not None:
-        checkpoints.report.submit(checkpoints, extra=average_metrics)  # results.png gains the average's star
+    if checkpoints.report is not None:  # every picture up to date, with the average's star when there is one
+        checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
     run = logger.experiment
     _log_to_wandb(run, plan, checkpoints, evaluation, samples)
     record.finished = not stop.requested

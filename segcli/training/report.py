@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,31 +61,42 @@ def metrics_csv(rows: Sequence[dict[str, float]], class_names: Sequence[str]) ->
     return stream.getvalue()
 
 
-def write_report(summary: RunSummary, run_dir: RunDir) -> None:
-    """Every file of the run report, each written atomically."""
+def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best: bool = True) -> None:
+    """The run report's files, each written atomically: metrics.csv always, results.png with `curves`, the
+    best epoch's per_class.png and confusion_matrix.png with `best`."""
     write_text(run_dir.metrics_csv, metrics_csv(summary.rows, summary.class_names))
-    title = f"{summary.run_name}: {len(summary.rows)} epochs" + (
-        f", best epoch {summary.best_epoch} by {summary.monitor}" if summary.best_epoch else ""
-    )
-    save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title, summary.extra))
-    best = summary.best_row
-    if best:
+    if curves:
+        title = f"{summary.run_name}: {len(summary.rows)} epochs" + (
+            f", best epoch {summary.best_epoch} by {summary.monitor}" if summary.best_epoch else ""
+        )
+        save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title, summary.extra))
+    best_row = summary.best_row
+    if best and best_row:
         stage = summary.monitor.split("/")[0]
-        scores = {name: best.get(f"{stage}/IoU/{name}", float("nan")) for name in summary.class_names}
+        scores = {name: best_row.get(f"{stage}/IoU/{name}", float("nan")) for name in summary.class_names}
         chart_title = f"{summary.run_name}: {stage} IoU per class at the best epoch ({summary.best_epoch})"
         save_image(run_dir.per_class_png, per_class_chart(scores, chart_title))
-    if summary.best_matrix is not None:
+    if best and summary.best_matrix is not None:
         title = f"{summary.run_name}, val at epoch {summary.best_epoch} (best), rows normalised"
         save_image(run_dir.confusion_png, render_confusion_matrix(summary.best_matrix, summary.class_names, title))
 
 
 class RunReport:
-    """Queues the report's files after every epoch (the newest request replaces one not yet started)."""
+    """Queues the report's files after every epoch (the newest request replaces one not yet started).
+
+    Drawing costs about half a second of CPU that training wants too, so on short epochs the pictures are
+    redrawn less often than metrics.csv: results.png at most every REDRAW_SECONDS, the best epoch's pictures
+    when it changes, and everything once more when training ends (`final`).
+    """
+
+    REDRAW_SECONDS = 30.0
 
     def __init__(self, run_dir: RunDir, writer: BackgroundWriter, run_name: str, class_names: list[str]):
         self.run_dir, self.writer, self.run_name, self.class_names = run_dir, writer, run_name, class_names
+        self._curves_drawn: float | None = None
+        self._best_drawn: int | None = None
 
-    def submit(self, checkpoints, extra: dict[str, float] | None = None) -> None:
+    def submit(self, checkpoints, extra: dict[str, float] | None = None, final: bool = False) -> None:
         summary = RunSummary(
             run_name=self.run_name,
             class_names=self.class_names,
@@ -94,7 +106,17 @@ class RunReport:
             best_matrix=checkpoints.best_matrix,
             extra=dict(extra or {}),
         )
-        self.writer.submit(self.run_dir.metrics_csv, lambda: write_report(summary, self.run_dir))
+        self.writer.submit(self.run_dir.metrics_csv, lambda: self._write(summary, final))
+
+    def _write(self, summary: RunSummary, final: bool) -> None:
+        """On the writer thread, which alone keeps what was drawn (a replaced request decides nothing)."""
+        now = time.monotonic()
+        curves = final or self._curves_drawn is None or now - self._curves_drawn >= self.REDRAW_SECONDS
+        best = final or summary.best_epoch != self._best_drawn
+        write_report(summary, self.run_dir, curves, best)
+        if curves:
+            self._curves_drawn = now
+        self._best_drawn = summary.best_epoch
 
 
 def read_report(folder: Path) -> RunSummary:

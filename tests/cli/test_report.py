@@ -85,3 +85,39 @@ def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_aver
     assert "average_model" in miou.get_legend_handles_labels()[1]
     calm = results_chart([{**row, "val/loss": 2.0 / row["epoch"]} for row in rows], 5, "t")
     assert calm.axes[0].get_yscale() == "linear"
+
+
+def test_training_redraws_pictures_only_when_they_change_or_time_has_passed(tmp_path):
+    """metrics.csv every epoch, results.png at most every REDRAW_SECONDS, best pictures on a new best, all at last."""
+    from types import SimpleNamespace
+
+    from segcli.artifacts import RunDir
+    from segcli.files import BackgroundWriter
+    from segcli.training.report import RunReport
+
+    names = ["a", "b"]
+    run_dir, writer = RunDir(tmp_path), BackgroundWriter()
+    report = RunReport(run_dir, writer, "r", names)
+    state = SimpleNamespace(history=[], best_epoch=None, monitor=SimpleNamespace(metric="val/mIoU"), best_matrix=None)
+    pictures = (run_dir.results_png, run_dir.per_class_png, run_dir.confusion_png)
+
+    def epoch(number: int, best: bool, final: bool = False) -> set[str]:
+        for path in (run_dir.metrics_csv, *pictures):
+            path.unlink(missing_ok=True)
+        state.history.append({"epoch": number, "val/loss": 1.0 / number, "val/mIoU": 0.1 * number,
+                              "val/IoU/a": 0.5, "val/IoU/b": 0.5})  # fmt: skip
+        if best:
+            state.best_epoch, state.best_matrix = number, [[5, 1], [2, 7]]
+        report.submit(state, final=final)
+        writer.wait()
+        return {path.name for path in (run_dir.metrics_csv, *pictures) if path.exists()}
+
+    everything = {"metrics.csv", "results.png", "per_class.png", "confusion_matrix.png"}
+    assert epoch(1, best=True) == everything
+    assert epoch(2, best=False) == {"metrics.csv"}
+    assert epoch(3, best=True) == {"metrics.csv", "per_class.png", "confusion_matrix.png"}
+    report.REDRAW_SECONDS = 0.0
+    assert epoch(4, best=False) == {"metrics.csv", "results.png"}
+    report.REDRAW_SECONDS = 3600.0
+    assert epoch(5, best=False, final=True) == everything
+    writer.close()
