@@ -1,0 +1,65 @@
+"""Whole-process cost of `segcli train` against a bare PyTorch script doing the same epochs.
+
+Runs `segcli train -c experiments/camvid.yaml -e mini --set max_epochs=N` and `benchmarks/bare_train.py`
+alternately (bare, segcli, bare, segcli, ...), each a fresh process timed from start to exit, and prints
+every pair and the median ratio. Extra `--set` values for segcli can be given to see what a feature costs
+(e.g. `--segcli-set average=null --segcli-set log_predictions=0`).
+
+    .venv/bin/python benchmarks/overhead.py --data ../shared/datasets/camvid-mini --epochs 6 --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
+
+
+def timed(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "camvid-mini")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--segcli-set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
+    scratch = Path(tempfile.mkdtemp(prefix="segcli-overhead-"))
+    segcli = [sys.executable, "-m", "segcli", "train", "-c", str(REPO / "experiments" / "camvid.yaml"), "-e", "mini",
+              "--dataset", str(args.data), "--classes", CLASSES, "--offline", "--cpu", "--overwrite",
+              "--output-dir", str(scratch / "segcli"), "--set", f"max_epochs={args.epochs}"]  # fmt: skip
+    for value in args.segcli_set:
+        segcli += ["--set", value]
+    bare = [sys.executable, str(REPO / "benchmarks" / "bare_train.py"), "--data", str(args.data),
+            "--epochs", str(args.epochs), "--output", str(scratch / "bare")]  # fmt: skip
+    timed(segcli, env)  # warm the dataset-check cache and the file system once, untimed
+    ratios = []
+    for pair in range(args.pairs):
+        bare_seconds = timed(bare, env)
+        segcli_seconds = timed(segcli, env)
+        ratios.append(segcli_seconds / bare_seconds)
+        print(f"pair {pair + 1}: bare {bare_seconds:.1f} s, segcli {segcli_seconds:.1f} s, ratio {ratios[-1]:.3f}",
+              flush=True)  # fmt: skip
+    print(f"median ratio segcli/bare over {args.pairs} pairs: {statistics.median(ratios):.3f}")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
