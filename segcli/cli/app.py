@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
@@ -80,6 +81,6 @@ def main() -> None:
         app()
     except SegcliError as exc:
         if os.environ.get("SEGCLI_DEBUG"):
-            raise
+            traceback.print_exc()  # then the same line and exit code as without it
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)

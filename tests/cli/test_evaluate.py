@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,31 @@ def test_evaluate_equals_predict_plus_independent_scoring(odd_dataset, in_tmp_cw
     predicted_classes = np.array(expected["matrix"]).sum(0)
     assert (predicted_classes > 0).sum() >= 2
     assert sum(map(sum, expected["matrix"])) < 5 * 97 * 131
+
+
+def test_per_image_scores_and_the_worst_images(odd_dataset, in_tmp_cwd, capsys):
+    """--per-image equals numpy on each image alone; --worst K lists the K lowest and draws them (--worst-output)."""
+    checkpoint = make_checkpoint(in_tmp_cwd / "fpn.pth", arch="fpn", ignore_index=255, seed=11)
+    masks = in_tmp_cwd / "masks"
+    assert run_main(capsys, "predict", checkpoint, odd_dataset / "val" / "images", "-o", masks).returncode == 0
+    picture = in_tmp_cwd / "worst.png"
+    evaluated = run_main(capsys, "evaluate", checkpoint, "--dataset", odd_dataset, "--json", "--per-image",
+                         "--worst", "2", "--worst-output", picture)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    document = json.loads(evaluated.stdout)
+    per_image = {row["image"]: row for row in document["per_image"]}
+    assert len(per_image) == 5
+    for label_path in sorted((odd_dataset / "val" / "labels").glob("*.png")):
+        alone = in_tmp_cwd / "alone" / label_path.stem
+        alone.mkdir(parents=True)
+        shutil.copy(label_path, alone / label_path.name)
+        expected = independent_scores(alone, masks, 4, 255)
+        row = per_image[label_path.name]
+        assert row["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12), label_path.name
+        assert row["pixels"] == sum(map(sum, expected["matrix"]))
+    ranked = sorted(per_image.values(), key=lambda row: row["mIoU"])
+    assert document["worst"] == [row["image"] for row in ranked[:2]]
+    assert read_png(picture).shape[0] > 2 * 97  # two rows of 97-pixel-high images
 
 
 def test_env_dataset_confusion_matrix_picture_and_options(odd_dataset, in_tmp_cwd):

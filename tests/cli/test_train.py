@@ -100,6 +100,15 @@ def test_train_end_to_end(tiny_config, tiny_dataset, in_tmp_cwd):
     for name in ("metrics.csv", "results.png", "per_class.png", "confusion_matrix.png", "worst_predictions.png"):
         assert (run_dir / name).stat().st_size > 0, name
 
+    # The same run again: refused before anything is touched, unless --overwrite (or --resume) says what to do.
+    again = ["train", "-c", tiny_config, "-e", "exp", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
+             "--output-dir", output, "--max-epochs", "1"]  # fmt: skip
+    assert_user_error(run_segcli(*again, cwd=in_tmp_cwd), "--resume", "--overwrite", "--output-dir")
+    assert torch.load(files["ckpt_latest.pth"], weights_only=True)["epoch"] == 2
+    replaced = run_segcli(*again, "--overwrite", cwd=in_tmp_cwd)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert torch.load(files["ckpt_latest.pth"], weights_only=True)["epoch"] == 1
+
 
 def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_cwd):
     broken = in_tmp_cwd / "broken"
@@ -139,6 +148,12 @@ def test_user_errors(tiny_config, tiny_dataset, in_tmp_cwd, args, fragments):
     else:
         assert_user_error(result, *fragments)
     assert not (in_tmp_cwd / "out").exists()
+
+
+def test_segcli_debug_shows_the_traceback_of_a_user_error(tiny_config, tiny_dataset, in_tmp_cwd):
+    base = ["train", "-c", tiny_config, "-e", "exq", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES]
+    result = run_segcli(*base, cwd=in_tmp_cwd, env={"SEGCLI_DEBUG": "1"})
+    assert result.returncode == 2 and "Traceback" in result.stderr and "no experiment 'exq'" in result.stderr
 
 
 def test_missing_gpu_is_a_clear_error(tiny_config, tiny_dataset, in_tmp_cwd):
