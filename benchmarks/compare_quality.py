@@ -253,19 +253,27 @@ def run_segcli(args, data: Path, seed: int, work: Path) -> dict:
     if len(found) != 1:
         raise RuntimeError(f"expected one ckpt_best.pth under {out / 'checkpoints'}, found {found}")
     payload = torch.load(found[0], weights_only=True, map_location="cpu")
-    history = [
-        {key: value for key, value in row.items() if key in ("epoch", "val/mIoU", "val/loss")}
-        for row in payload.get("history") or []
-    ]
+    history = segcli_history(Path(found[0]).parent / "metrics.csv")
     return {
         "best_val_mIoU": float(payload["metrics"]["val/mIoU"]),
-        "best_epoch": payload.get("epoch"),
+        "best_epoch": payload["epoch"] - 1,
         "history": history,
         "seconds": seconds,
         "log": str(log),
         "checkpoint": found[0],
         "command": shlex.join(command),
     }
+
+
+def segcli_history(metrics_csv: Path) -> list[dict]:
+    """The run's metrics.csv as history rows; segcli counts epochs from 1, the results file from 0."""
+    import csv
+
+    with metrics_csv.open(newline="") as stream:
+        return [
+            {"epoch": int(row["epoch"]) - 1, "val/mIoU": float(row["val/mIoU"]), "val/loss": float(row["val/loss"])}
+            for row in csv.DictReader(stream)
+        ]
 
 
 # --- table ------------------------------------------------------------------------------------

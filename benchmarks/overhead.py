@@ -3,7 +3,7 @@
 Runs `segcli train -c experiments/camvid.yaml -e mini --set max_epochs=N` and `benchmarks/bare_train.py`
 alternately (bare, segcli, bare, segcli, ...), each a fresh process timed from start to exit, and prints
 every pair and the median ratio. Extra `--set` values for segcli can be given to see what a feature costs
-(e.g. `--segcli-set average=null --segcli-set log_predictions=0`).
+(e.g. `--segcli-set average=null --segcli-set "log_predictions={count: 0, worst: 0}" --wandb disabled`).
 
     .venv/bin/python benchmarks/overhead.py --data ../shared/datasets/camvid-mini --epochs 6 --pairs 3
 """
@@ -38,12 +38,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--segcli-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--wandb", choices=("offline", "disabled"), default="offline", help="segcli's W&B mode")
     args = parser.parse_args()
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "WANDB_MODE": args.wandb, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
            "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
     scratch = Path(tempfile.mkdtemp(prefix="segcli-overhead-"))
     segcli = [sys.executable, "-m", "segcli", "train", "-c", str(REPO / "experiments" / "camvid.yaml"), "-e", "mini",
-              "--dataset", str(args.data), "--classes", CLASSES, "--offline", "--cpu", "--overwrite",
+              "--dataset", str(args.data), "--classes", CLASSES, "--cpu", "--overwrite",
               "--output-dir", str(scratch / "segcli"), "--set", f"max_epochs={args.epochs}"]  # fmt: skip
     for value in args.segcli_set:
         segcli += ["--set", value]
