@@ -190,14 +190,21 @@ def test_early_stopping_survives_a_resume(config, tiny_dataset, in_tmp_cwd, tmp_
     _assert_same_run(output, clean, "tiny-stops")
 
 
-def test_a_finished_run_extends_to_a_larger_max_epochs(config, tiny_dataset, in_tmp_cwd, tmp_path_factory):
-    """`--resume --max-epochs 3` on a finished 2-epoch run trains epoch 3: the same as 3 epochs at once."""
+@pytest.mark.parametrize("how", ["--resume", "--resume-from"])
+def test_a_finished_run_extends_to_a_larger_max_epochs(config, tiny_dataset, in_tmp_cwd, tmp_path_factory, how):
+    """`--resume --max-epochs 3` on a finished 2-epoch run trains epoch 3: the same as 3 epochs at once; so does
+    `--resume-from` a copy of its state file."""
     clean = _clean(tiny_dataset, tmp_path_factory.mktemp("three"), "--max-epochs", "3")
     output = in_tmp_cwd / "out"
     first = run_segcli(*_args(config, tiny_dataset, output, "--max-epochs", "2"), cwd=in_tmp_cwd)
     assert first.returncode == 0, first.stderr[-3000:]
     record = json.loads((output / "checkpoints" / RUN / "run.json").read_text())
-    extended = run_segcli(*_args(config, tiny_dataset, output, "--resume", "--max-epochs", "3"), cwd=in_tmp_cwd)
+    resume = ["--resume"]
+    if how == "--resume-from":
+        saved = in_tmp_cwd / "saved-state.ckpt"
+        (output / "checkpoints" / RUN / "state_latest.ckpt").rename(saved)
+        resume = ["--resume-from", str(saved)]
+    extended = run_segcli(*_args(config, tiny_dataset, output, *resume, "--max-epochs", "3"), cwd=in_tmp_cwd)
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert "already finished" not in extended.stdout and "epochs run" in extended.stdout
     _assert_same_run(output, clean)
