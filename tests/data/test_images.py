@@ -211,3 +211,17 @@ def test_resize_runs_the_model_at_its_training_scale(tmp_path, capsys):
     assert evaluated.returncode == 0 and "--resize 32x32" in evaluated.stderr  # evaluate warns the same way
     evaluated = run_main(capsys, "evaluate", run_dir, "--dataset", big_root, "--split", "val", "--resize", "32x32")
     assert evaluated.returncode == 0 and "warning" not in evaluated.stderr
+
+
+def test_rgba_pngs_and_compressed_tiffs_are_read_as_the_model_needs(tmp_path):
+    """README: RGBA converts to RGB; LZW- and deflate-compressed TIFFs read like uncompressed ones."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((8, 10), 200, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    assert np.array_equal(read_image(tmp_path / "a.png", 3), rgb)
+    bands = rng.integers(0, 4096, (8, 10, 4), dtype=np.uint16)
+    for compression in ("lzw", "deflate"):
+        path = tmp_path / f"{compression}.tif"
+        tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig", compression=compression)
+        assert np.array_equal(read_image(path, 4), bands), compression

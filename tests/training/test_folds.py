@@ -117,6 +117,28 @@ def test_an_ensemble_averages_its_members_probabilities(tmp_path):
     torch.testing.assert_close(ensemble.probabilities([image], options), expected)
 
 
+def test_predict_with_model_options_writes_the_ensembles_masks(tmp_path, capsys):
+    """`segcli predict A INPUT -m B -m C`: the masks are the classes of the members' mean probabilities."""
+    from segcli.data.io import read_image
+    from segcli.inference.engine import masks_from
+    from tests.inference.support import read_png, write_png
+
+    members = [make_checkpoint(tmp_path / f"m{seed}.pth", seed=seed) for seed in range(3)]
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for index, size in enumerate([(40, 48), (44, 52)]):  # different sizes: one image per forward pass, as below
+        write_png(images / f"i{index}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    result = run_main(capsys, "predict", members[0], images, "-o", tmp_path / "masks", "-m", members[1],
+                      "--model", members[2])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for path in sorted(images.iterdir()):
+        image = read_image(path, 3)
+        mean = torch.stack([open_model(m).probabilities([image], InferenceOptions()) for m in members]).mean(0)
+        expected = masks_from(mean, 4)[0]
+        assert np.array_equal(read_png(tmp_path / "masks" / path.name), expected), path.name
+
+
 def test_an_ensemble_needs_the_same_classes_and_normalisation(tmp_path):
     a = make_checkpoint(tmp_path / "a.pth")
     b = make_checkpoint(tmp_path / "b.pth", class_names=["x", "y", "z", "w"])
