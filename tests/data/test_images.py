@@ -225,3 +225,25 @@ def test_rgba_pngs_and_compressed_tiffs_are_read_as_the_model_needs(tmp_path):
         path = tmp_path / f"{compression}.tif"
         tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig", compression=compression)
         assert np.array_equal(read_image(path, 4), bands), compression
+
+
+def test_previews_show_the_chosen_bands_stretched_from_the_2nd_to_the_98th_percentile(tmp_path):
+    """`--bands 4,2,1` picks bands 1-based; 16-bit data is stretched by percentiles, so 12-bit content is visible."""
+    from segcli.drawing.colours import display_image, parse_bands
+
+    ramp = np.arange(100, dtype=np.uint16).reshape(10, 10) * 40  # 0..3960: 12-bit content
+    image = np.dstack([ramp, ramp // 2, ramp // 4, 4000 - ramp])
+    shown = display_image(image, parse_bands("4,2,1"))
+    assert shown.shape == (10, 10, 3) and shown.dtype == np.uint8
+    low, high = np.percentile(image[:, :, [3, 1, 0]].astype(np.float32), (2, 98))
+    expected_red = ((4000 - ramp - low) / (high - low) * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(shown[:, :, 0], expected_red)  # band 4 drawn as red
+    assert shown[:, :, 0][0, 0] == 255 and shown[:, :, 2][0, 0] == 0  # the brightest band-4 pixel, the darkest band 1
+    four_band = write_dataset(tmp_path / "d", image=four_bands, mask=lambda labels: labels.astype(np.uint8),
+                              suffix=".tif")  # fmt: skip
+    result = run_segcli("preview-samples", "--dataset", four_band, "--classes", "bg,disc,square,triangle",
+                        "--bands", "4,2,1", "-o", tmp_path / "p.png", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    refused = run_segcli("preview-samples", "--dataset", four_band, "--classes", "bg,disc,square,triangle",
+                         "--bands", "5,2,1", "-o", tmp_path / "q.png", cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "band 5 does not exist" in refused.stderr
