@@ -158,3 +158,23 @@ def test_the_normalisation_applied_is_the_one_stored(tiny_dataset, tmp_path, nor
         assert stored["mode"] == normalize
     evaluation = evaluate_split(open_model(path), tiny_dataset, "val", InferenceOptions(batch_size=4))
     assert evaluation.metrics["val/mIoU"] == pytest.approx(checkpoint.metrics["val/mIoU"], rel=1e-5)
+
+
+def test_per_step_scheduler_bf16_on_the_cpu_and_predictions_every_other_epoch(tiny_dataset, tmp_path):
+    """README promises: `scheduler.interval: step`, `precision: bf16-mixed` on the CPU, `log_predictions.every`."""
+    from tests.support import wandb_history
+
+    experiment = _experiment(
+        max_epochs=2, lr=0.01, precision="bf16-mixed", average=None,
+        scheduler={"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "step"},
+        log_predictions={"count": 1, "every": 2, "worst": 0},
+    )  # fmt: skip
+    result = _train(experiment, tiny_dataset, tmp_path)
+    steps_per_epoch = 8 // 4  # tiny_dataset: 8 train pairs, batch 4
+    rates = [row["lr"] for row in result.history]
+    assert rates == pytest.approx([0.01 * 0.5**steps_per_epoch, 0.01 * 0.5 ** (2 * steps_per_epoch)])
+    assert all(math.isfinite(row["val/loss"]) and math.isfinite(row["val/mIoU"]) for row in result.history)
+    latest = read_checkpoint(tmp_path / "checkpoints" / "run" / "ckpt_latest.pth")
+    assert latest.experiment["precision"] == "bf16-mixed"
+    logged = [row for row in wandb_history(tmp_path) if any(key.startswith("val/predictions/") for key in row)]
+    assert [row["trainer/global_step"] for row in logged] == [2 * steps_per_epoch]  # after epoch 2 only
