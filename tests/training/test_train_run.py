@@ -178,3 +178,20 @@ def test_per_step_scheduler_bf16_on_the_cpu_and_predictions_every_other_epoch(ti
     assert latest.experiment["precision"] == "bf16-mixed"
     logged = [row for row in wandb_history(tmp_path) if any(key.startswith("val/predictions/") for key in row)]
     assert [row["trainer/global_step"] for row in logged] == [2 * steps_per_epoch]  # after epoch 2 only
+
+
+def test_monitoring_the_ema_keeps_the_ema_weights_as_best(tiny_dataset, tmp_path):
+    """README: with `monitor: val_ema/...`, ckpt_best.pth holds the EMA weights, scored as the EMA scored."""
+    experiment = _experiment(max_epochs=2, average=None, ema={"decay": 0.5}, monitor={"metric": "val_ema/mIoU"},
+                             log_predictions=0)  # fmt: skip
+    result = _train(experiment, tiny_dataset, tmp_path)
+    run_dir = RunDir(tmp_path / "checkpoints" / "run")
+    best = read_checkpoint(run_dir.best)
+    row = result.history[best.epoch - 1]
+    assert best.metrics["val/mIoU"] == pytest.approx(row["val_ema/mIoU"])
+    assert best.metrics["val/mIoU"] == max(r["val_ema/mIoU"] for r in result.history)
+    evaluation = evaluate_split(open_model(run_dir.best), tiny_dataset, "val", InferenceOptions(batch_size=4))
+    assert evaluation.metrics["val/mIoU"] == pytest.approx(best.metrics["val/mIoU"], rel=1e-5)
+    if best.epoch == 2:  # then it is the same file content as the EMA of the last epoch
+        ema = read_checkpoint(run_dir.ema)
+        assert all(torch.equal(best.state_dict[key], ema.state_dict[key]) for key in ema.state_dict)
