@@ -82,12 +82,11 @@ def preview_samples(
     channels = resolved.model.in_channels if resolved else report.splits[split].channels.most_common(1)[0][0]
     pipeline = None
     if augmented:
-        from segcli.data.transforms import PixelStats, build_pipeline
+        from segcli.data.transforms import PixelStats, preview_pipeline
 
         scale = PixelStats(report.splits[split].max_pixel_value())
-        normalization = {"mode": "image", "mean": None, "std": None, "max_pixel_value": scale.max_pixel_value}
         where = f"experiment '{experiment}': train_transforms"
-        pipeline = build_pipeline(resolved.train_transforms, where, normalization, to_tensor=False, seed=seed)
+        pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed)
     samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
                            label_lookup=label_lookup(label_map), bands=parse_bands(bands))  # fmt: skip
     save_image(output, render_grid(samples, class_names, ignore_index))

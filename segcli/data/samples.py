@@ -26,7 +26,7 @@ def load_samples(
     label_lookup: np.ndarray | None = None,
     bands: Sequence[int] | None = None,
 ) -> list[Sample]:
-    """Read the pairs as displayable samples; with a pipeline (built with `to_tensor=False`), after the
+    """Read the pairs as displayable samples; with a pipeline (a `preview_pipeline`), after the
     experiment's augmentations, so a person sees what the model sees."""
     samples = []
     for pair in pairs:

@@ -181,12 +181,12 @@ def describe_normalization(spec: dict[str, Any]) -> str:
 class UnitRange(A.ImageOnlyTransform):
     """First step of every pipeline: pixels to the augmentations' range (`to_unit_range`)."""
 
-    def __init__(self, normalization: dict[str, Any]) -> None:
+    def __init__(self, max_pixel_value: float) -> None:
         super().__init__(p=1.0)
-        self.normalization = normalization
+        self.max_pixel_value = max_pixel_value
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        return to_unit_range(img, self.normalization["max_pixel_value"])
+        return to_unit_range(img, self.max_pixel_value)
 
 
 class Normalization(A.ImageOnlyTransform):
@@ -200,22 +200,21 @@ class Normalization(A.ImageOnlyTransform):
         return normalize_unit(img, self.normalization)
 
 
-def build_pipeline(
-    specs: Sequence[TransformSpec],
-    where: str,
-    normalization: dict[str, Any],
-    to_tensor: bool = True,
-    seed: int | None = None,
-):
+def build_pipeline(specs: Sequence[TransformSpec], where: str, normalization: dict[str, Any], seed: int | None = None):
     """Compose: pixels to 0..1 (8-bit stays uint8), the listed transforms, the normalisation, tensors.
-
-    With `to_tensor=False` (previews) the last step is left out too: the images stay displayable.
 
     Albumentations draws from the Compose's own generator (global seeds have no effect), so `seed` is
     what makes augmentations reproducible.
     """
-    transforms = [UnitRange(normalization)]
-    transforms += [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
-    if to_tensor:
-        transforms += [Normalization(normalization), ToTensorV2()]
-    return A.Compose(transforms, seed=seed)
+    steps = [UnitRange(normalization["max_pixel_value"]), *_listed(specs, where), Normalization(normalization),
+             ToTensorV2()]  # fmt: skip
+    return A.Compose(steps, seed=seed)
+
+
+def preview_pipeline(specs: Sequence[TransformSpec], where: str, max_pixel_value: float, seed: int | None = None):
+    """The same transforms for pictures: no normalisation and no tensors, so the images stay displayable."""
+    return A.Compose([UnitRange(max_pixel_value), *_listed(specs, where)], seed=seed)
+
+
+def _listed(specs: Sequence[TransformSpec], where: str) -> list:
+    return [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]

@@ -17,6 +17,7 @@ from segcli.data.transforms import (
     build_transform,
     lookup_transform,
     normalize_image,
+    preview_pipeline,
     resolve_normalization,
     snake_case,
     transform_registry,
@@ -173,8 +174,8 @@ def test_pipeline_is_unit_range_transforms_normalisation_tensors():
     assert kinds(build_pipeline([], "val_transforms", IMAGENET)) == ["UnitRange", "Normalization", "ToTensorV2"]
 
 
-def test_without_to_tensor_images_stay_displayable():
-    pipeline = build_pipeline([], "val_transforms", IMAGENET, to_tensor=False)
+def test_preview_pipelines_keep_images_displayable():
+    pipeline = preview_pipeline([], "val_transforms", 255.0)
     assert kinds(pipeline) == ["UnitRange"]
     image, mask = pair()
     out = pipeline(image=image, mask=mask)

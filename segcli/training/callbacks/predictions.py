@@ -16,7 +16,7 @@ import torch
 
 from segcli.data.dataset import SegmentationDataset, derived_seed
 from segcli.data.samples import choose_pairs, load_samples
-from segcli.data.transforms import build_pipeline
+from segcli.data.transforms import preview_pipeline
 from segcli.drawing.pictures import Sample
 from segcli.models.metrics import predictions
 from segcli.training.tracking import wandb_images
@@ -50,7 +50,7 @@ class PredictionLogger(pl.Callback):
         """`log_predictions.count` val images chosen by the seed, after the val transforms (epoch 0's draw)."""
         exp = plan.experiment
         chosen = choose_pairs(list(range(len(dataset))), exp.log_predictions.count, exp.seed)
-        preview = build_pipeline(exp.val_transforms, "val_transforms", plan.normalization, to_tensor=False)
+        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"])
         samples, inputs = [], []
         for index in chosen:
             image, mask = dataset[(0, index)]
