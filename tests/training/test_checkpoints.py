@@ -99,3 +99,24 @@ def test_checkpoint_metadata_loads_with_weights_only(task, tmp_path):
     assert {key: model[key] for key in expected} == expected
     assert model["class_names"] == CLASSES and payload["run_name"] == "my-run"
     assert model["normalization"] == IMAGENET and payload["experiment"]["model"]["arch"] == "unet"
+
+
+def test_ema_warmup_ramps_the_decay_and_follows_each_optimizer_step():
+    """README: `ema.warmup_steps` ramps the decay as (1 + n) / (10 + n); after warm-up the configured decay."""
+    from segcli.training.callbacks.averaging import EmaAverage
+
+    live = torch.nn.Linear(1, 1, bias=False)
+    task = SimpleNamespace(model=live)
+    ema = EmaAverage(decay=0.99, warmup_steps=2)
+    ema.module = torch.nn.Linear(1, 1, bias=False).requires_grad_(False)
+    ema.module.weight.fill_(0.0)
+    expected = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0, 3.0], start=1):
+        with torch.no_grad():
+            live.weight.fill_(value)
+        trainer = SimpleNamespace(global_step=step)
+        ema.on_train_batch_end(trainer, task, None, None, 0)
+        ema.on_train_batch_end(trainer, task, None, None, 1)  # no optimizer step in between: no second update
+        decay = [1 / 10, 2 / 11, 0.99, 0.99][step - 1]
+        expected = decay * expected + (1 - decay) * value
+        assert float(ema.module.weight) == pytest.approx(expected), step
