@@ -193,3 +193,22 @@ def test_camvid(in_tmp_cwd):
     assert all(count > 0 for count in train["class_pixels"])
     assert train["ignored_pixels"] > 0
     assert train["bad_values"] == {}
+
+
+def test_an_experiment_supplies_ignore_index_label_map_and_the_class_count(clean_copy, in_tmp_cwd):
+    """README: `validate-dataset -c FILE -e NAME` takes ignore_index, label_map and (without names) the class count."""
+    for index, path in enumerate(sorted((clean_copy / "train" / "labels").glob("*.png"))):
+        mask = np.array(Image.open(path))
+        mask[0, :] = 9  # a void border, as CamVid's 11
+        mask[mask == 3] = 7 if index % 2 else 3  # class 3 stored as id 7 in half of the masks
+        Image.fromarray(mask).save(path)
+    (in_tmp_cwd / "e.yaml").write_text(
+        "model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4}\n"
+        "experiments:\n  void: {ignore_index: 9, label_map: {7: 3}}\n  plain: {}\n"
+    )
+    plain = validate(clean_copy, "-c", "e.yaml", "-e", "plain", "--json", cwd=in_tmp_cwd, classes=None)
+    assert plain.returncode == 1 and json.loads(plain.stdout)["problems"]
+    mapped = validate(clean_copy, "-c", "e.yaml", "-e", "void", "--json", cwd=in_tmp_cwd, classes=None)
+    assert mapped.returncode == 0, mapped.stdout[-2000:]
+    report = json.loads(mapped.stdout)
+    assert report["ok"] and report["class_names"] == ["class0", "class1", "class2", "class3"]
