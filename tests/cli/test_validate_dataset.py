@@ -212,3 +212,18 @@ def test_an_experiment_supplies_ignore_index_label_map_and_the_class_count(clean
     assert mapped.returncode == 0, mapped.stdout[-2000:]
     report = json.loads(mapped.stdout)
     assert report["ok"] and report["class_names"] == ["class0", "class1", "class2", "class3"]
+
+
+def test_make_demo_dataset_writes_a_clean_reproducible_dataset(tmp_path):
+    """README: `segcli make-demo-dataset PATH` writes {train,val}/{images,labels} that pass the check, per seed."""
+    for name in ("a", "b"):
+        made = run_segcli("make-demo-dataset", tmp_path / name, "--train", "3", "--val", "2", "--height", "40",
+                          "--width", "48", cwd=tmp_path)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    for split, count in (("train", 3), ("val", 2)):
+        for kind in ("images", "labels"):
+            files = sorted((tmp_path / "a" / split / kind).glob("*.png"))
+            assert len(files) == count, (split, kind)
+            assert all((tmp_path / "b" / split / kind / f.name).read_bytes() == f.read_bytes() for f in files)
+    assert np.array(Image.open(next((tmp_path / "a" / "val" / "images").glob("*.png")))).shape == (40, 48, 3)
+    assert validate(tmp_path / "a", cwd=tmp_path).returncode == 0
