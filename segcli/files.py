@@ -154,9 +154,8 @@ class BackgroundWriter:
         self._raise_failure()
 
     def close(self, raise_failure: bool = True) -> None:
-        """Finish what is queued, stop the thread, and raise a failed write (unless told not to)."""
-        with self._lock:
-            self._idle.wait_for(lambda: self._busy == 0)
+        """Finish what is queued (the thread stops at the end of its queue), and raise a failed write (unless
+        told not to)."""
         self._order.put(None)
         self._thread.join()
         if raise_failure:

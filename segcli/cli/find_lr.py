@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,9 +29,6 @@ def find_lr(
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
 ) -> None:
     """Train a few steps with a rising learning rate and suggest the one where the loss falls fastest."""
-    import os
-    import sys
-
     from segcli.config import env
     from segcli.config.loader import load_experiment_file, resolve_experiment
 

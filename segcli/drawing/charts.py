@@ -30,10 +30,11 @@ def _wide(values: Sequence[float]) -> bool:
 
 
 def results_chart(
-    rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str, average: Mapping[str, float] = {}
+    rows: Sequence[Mapping[str, float]], best_epoch: int | None, title: str, average: Mapping[str, float] | None = None
 ) -> Figure:
     """Loss, mIoU, mDCC (train, val, EMA when present) and the learning rate per epoch; best epoch marked; the
     SWA average's scores (`val_avg/*`, measured once at the end) as a star at the last epoch."""
+    average = average or {}
     figure = Figure(figsize=(11, 7), layout="constrained")
     axes = figure.subplots(2, 2)
     panels = [("loss", axes[0][0], True), ("mIoU", axes[0][1], False), ("mDCC", axes[1][0], False)]

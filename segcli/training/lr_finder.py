@@ -35,10 +35,10 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     loaders = make_loaders(plan, make_datasets(plan))
     writer = BackgroundWriter()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(plan, logger=False, callbacks=[], progress=False, writer=writer,
-                                default_root_dir=scratch, enable_checkpointing=False)  # fmt: skip
         # The range test counts steps, not epochs: a small dataset needs more epochs than the experiment's.
-        trainer.fit_loop.max_epochs = max(experiment.max_epochs, math.ceil(steps / len(loaders["train"])) + 1)
+        epochs = max(experiment.max_epochs, math.ceil(steps / len(loaders["train"])) + 1)
+        trainer = build_trainer(plan, logger=False, callbacks=[], progress=False, writer=writer,
+                                default_root_dir=scratch, enable_checkpointing=False, max_epochs=epochs)  # fmt: skip
         # early_stop_threshold=None: the whole range; a noisy start must not end the test before it shows anything.
         finder = Tuner(trainer).lr_find(plan.task, train_dataloaders=loaders["train"], min_lr=min_lr, max_lr=max_lr,
                                         num_training=steps, update_attr=False, early_stop_threshold=None)  # fmt: skip

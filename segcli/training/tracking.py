@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import wandb
-from lightning_fabric.loggers.logger import _DummyExperiment as DummyExperiment
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from wandb.sdk.lib.runid import generate_id
 
 from segcli.drawing.colours import display_image
@@ -83,9 +83,8 @@ class BackgroundWandbLogger(WandbLogger):
         self.mode: str | None = None
 
     @property
+    @rank_zero_experiment  # the other processes of a multi-process run get Lightning's do-nothing stand-in
     def experiment(self):
-        if self._started is None:  # another process of a multi-process run: rank 0 alone logs
-            return DummyExperiment()
         if self._experiment is None:
             self._experiment, self.mode = self._started.result()
         return self._experiment
@@ -95,7 +94,7 @@ class BackgroundWandbLogger(WandbLogger):
 
     def close(self) -> None:
         """Finish the W&B run (flushing what is queued), whether or not anything was logged."""
-        if self._started is None:
+        if self._started is None:  # another process of a multi-process run: nothing was started
             return
         try:
             run, _ = self._started.result()

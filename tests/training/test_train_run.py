@@ -195,3 +195,11 @@ def test_monitoring_the_ema_keeps_the_ema_weights_as_best(tiny_dataset, tmp_path
     if best.epoch == 2:  # then it is the same file content as the EMA of the last epoch
         ema = read_checkpoint(run_dir.ema)
         assert all(torch.equal(best.state_dict[key], ema.state_dict[key]) for key in ema.state_dict)
+
+
+def test_a_run_that_ends_before_the_average_starts_writes_no_average(tiny_dataset, tmp_path):
+    """README: `average.start_epoch` after the last epoch is no error; there is simply no average_model.pth."""
+    result = _train(_experiment(max_epochs=1, average={"start_epoch": 3}, log_predictions=0), tiny_dataset, tmp_path)
+    run_dir = RunDir(tmp_path / "checkpoints" / "run")
+    assert run_dir.best.is_file() and not run_dir.average.exists()
+    assert result.average_metrics == {} and "average_model.pth" not in result.checkpoints
