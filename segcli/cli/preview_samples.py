@@ -82,11 +82,13 @@ def preview_samples(
     channels = resolved.model.in_channels if resolved else report.splits[split].channels.most_common(1)[0][0]
     pipeline = None
     if augmented:
-        from segcli.data.transforms import PixelStats, preview_pipeline
+        from segcli.data.transforms import PixelStats, output_sizes, preview_pipeline
 
-        scale = PixelStats(report.splits[split].max_pixel_value())
+        stats = report.splits[split]
+        scale = PixelStats(stats.max_pixel_value())
         where = f"experiment '{experiment}': train_transforms"
         pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed)
+        output_sizes(pipeline, where, stats.image_sizes, channels, stats.dtype or "uint8", tries=1)
     samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
                            label_lookup=label_lookup(label_map), bands=parse_bands(bands))  # fmt: skip
     save_image(output, render_grid(samples, class_names, ignore_index))

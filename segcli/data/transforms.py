@@ -16,6 +16,7 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+from albumentations.augmentations.crops.transforms import CropSizeError
 from albumentations.pytorch import ToTensorV2
 
 from segcli.config.schema import ExplicitNormalization, TransformSpec
@@ -218,3 +219,25 @@ def preview_pipeline(specs: Sequence[TransformSpec], where: str, max_pixel_value
 
 def _listed(specs: Sequence[TransformSpec], where: str) -> list:
     return [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
+
+
+def output_sizes(pipeline, where: str, image_sizes, channels: int, dtype: str, tries: int = 8) -> set[tuple[int, int]]:
+    """Push blank images of every input size through the pipeline: the sizes the model will see.
+
+    Several tries per size, so a random transform that changes the shape (a 90-degree rotation of a
+    non-square image) shows up here rather than as a collate error mid-epoch; a crop larger than the
+    images is a configuration error here, not a traceback in a DataLoader worker.
+    """
+    sizes = set()
+    for height, width in image_sizes:
+        blank = np.zeros((height, width, channels), dtype)
+        for _ in range(tries):
+            try:
+                out = pipeline(image=blank, mask=np.zeros((height, width), np.uint8))["image"]
+            except CropSizeError as exc:
+                raise ConfigError(
+                    f"{where}: {exc}; crop no larger than the images, or put a `pad_if_needed` or `resize` before "
+                    "the crop"
+                ) from exc
+            sizes.add(tuple(out.shape[-2:]))
+    return sizes

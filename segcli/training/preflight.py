@@ -21,7 +21,7 @@ from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
 from segcli.data.io import Pair, label_lookup, list_pairs
-from segcli.data.transforms import PixelStats, build_pipeline, resolve_normalization
+from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
 from segcli.models.metrics import logged_metric_keys
@@ -108,21 +108,6 @@ def _pixel_stats(report: DatasetReport, stored: int, in_channels: int) -> PixelS
     return PixelStats(scale, mean * (in_channels // stored), std * (in_channels // stored))
 
 
-def _output_sizes(pipeline, image_sizes, channels: int, dtype: str, tries: int = 8) -> set[tuple[int, int]]:
-    """Push blank images of every input size through the pipeline: the sizes the model will see.
-
-    Several tries per size, so a random transform that changes the shape (a 90-degree rotation of a
-    non-square image) shows up here rather than as a collate error mid-epoch.
-    """
-    sizes = set()
-    for height, width in image_sizes:
-        blank = np.zeros((height, width, channels), dtype)
-        for _ in range(tries):
-            out = pipeline(image=blank, mask=np.zeros((height, width), np.uint8))["image"]
-            sizes.add(tuple(out.shape[-2:]))
-    return sizes
-
-
 def _check_sizes(key: str, sizes: set[tuple[int, int]], multiple: int, model_label: str) -> None:
     if len(sizes) > 1:
         raise ConfigError(
@@ -194,7 +179,7 @@ def preflight(
     sizes = {}
     for split in SPLITS:
         image_sizes = pooled if pairs else report.splits[split].image_sizes
-        sizes[split] = _output_sizes(pipelines[split], image_sizes, channels, dtype)
+        sizes[split] = output_sizes(pipelines[split], f"{where}: {split}_transforms", image_sizes, channels, dtype)
         _check_sizes(
             f"{where}: {split}_transforms", sizes[split], multiple, f"{exp.model.arch} with {exp.model.encoder_name}"
         )

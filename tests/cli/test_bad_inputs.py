@@ -214,6 +214,11 @@ CASES = [
         config=experiment_file("{monitor: val_ema/mIoU}"),
     ),
     Case(
+        "crop larger than the images",
+        ["train_transforms", "(128, 128) vs (64, 64)", "crop no larger than the images", "pad_if_needed"],
+        config=experiment_file("{train_transforms: [{name: random_crop, params: {height: 128, width: 128}}]}"),
+    ),
+    Case(
         "ReduceLROnPlateau stepped per batch",
         ["scheduler.interval", "interval: epoch"],
         config=experiment_file("{scheduler: {name: ReduceLROnPlateau, interval: step}}"),

@@ -99,3 +99,10 @@ def test_wandb_offline_logs_the_samples(tiny_dataset, in_tmp_cwd):
     assert result.returncode == 0, result.stderr
     runs = list((in_tmp_cwd / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and b"samples/train" in runs[0].read_bytes()
+
+
+def test_augmented_with_a_crop_larger_than_the_images_is_a_user_error(tiny_dataset, in_tmp_cwd):
+    (in_tmp_cwd / "big.yaml").write_text(AUGMENTING.replace("height: 32, width: 48", "height: 352, width: 480"))
+    result = _preview(in_tmp_cwd, tiny_dataset, "-c", "big.yaml", "-e", "crop", "--augmented")
+    assert_user_error(result, "train_transforms", "crop no larger than the images")
+    assert not (in_tmp_cwd / "preview.png").exists()
