@@ -106,6 +106,8 @@ class BackgroundWandbLogger(WandbLogger):
 def start_logger(*, project: str, name: str, run_id: str, save_dir: Path, mode: str, config: dict,
                  group: str | None = None) -> BackgroundWandbLogger:  # fmt: skip
     quiet_wandb()
+    # Absolute: W&B's service process resolves a relative folder against its own working directory.
+    save_dir = save_dir.resolve()
     if getattr(rank_zero_only, "rank", 0) != 0:  # another process of a multi-process run: rank 0 alone logs
         return BackgroundWandbLogger(None, project=project, name=name, id=run_id, save_dir=str(save_dir))
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,18 @@ def test_channels_last_trains_a_step():
     loss.backward()
     assert torch.isfinite(loss)
     assert task.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_wandb_gets_an_absolute_folder(in_tmp_cwd, monkeypatch):
+    """A relative --output-dir reached W&B as is; a W&B service started elsewhere (by a parent process, whose
+    WANDB_SERVICE the child inherits) resolved it against its own working directory and wrote files there."""
+    received = {}
+
+    def fake_init(**kwargs):
+        received.update(kwargs)
+        return object(), "offline"
+
+    monkeypatch.setattr(tracking, "init_run", fake_init)
+    logger = tracking.start_logger(project="p", name="n", run_id="r", save_dir=Path("out"), mode="offline", config={})
+    assert logger.experiment is not None  # waits for the background start
+    assert received["dir"] == str(in_tmp_cwd / "out") and Path(logger.save_dir).is_absolute()
