@@ -32,7 +32,7 @@ from segcli.models.task import SegmentationTask
 from segcli.training.callbacks.checkpoints import RunCheckpoints
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, preflight
-from segcli.training.run import RunOptions, build_trainer, train
+from segcli.training.run import RunOptions, build_trainer, quiet_libraries, train
 
 WARMUP = 3  # first steps pay one-off costs (kernel selection, allocator growth, worker start)
 ROUNDS = 2
@@ -173,7 +173,7 @@ def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
             num_sanity_val_steps=0,
             default_root_dir=scratch,
         )
-        trainer.fit(task, loaders["train"])
+        trainer.fit(task, loaders["train"], weights_only=True)
         writer.close()
         if device.type == "cuda":
             try:
@@ -242,6 +242,7 @@ def _ratio(a: float, b: float) -> float:
 def run_benchmark(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str, force_cpu: bool,
                   steps: int, whole_run: bool = True) -> dict[str, Any]:  # fmt: skip
     """Measure every section and return one plain document (the CLI prints it)."""
+    quiet_libraries()
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
     exp = experiment
     device = torch.device("cuda", plan.devices[0]) if plan.accelerator == "gpu" else torch.device("cpu")

@@ -14,6 +14,7 @@ def test_benchmark_json_on_camvid_mini(camvid_mini, in_tmp_cwd):
     result = run_segcli("benchmark", "--dataset", camvid_mini, "--classes", CAMVID_CLASSES, "--ignore-index", "11",
                         "--steps", "2", "--json", cwd=in_tmp_cwd)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "", result.stderr[-3000:]  # no library notices (Lightning's tips, weights_only, ...)
     report = json.loads(result.stdout)
     assert set(report["images_per_s"]) == {"loader", "model", "train", "bare_loop"}
     assert all(rate > 0 for rate in report["images_per_s"].values())
