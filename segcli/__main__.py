@@ -1,3 +1,3 @@
-from segcli.cli.app import main
+from segcli.cli.app import run
 
-main()
+run()

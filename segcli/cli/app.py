@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import traceback
@@ -84,3 +85,33 @@ def main() -> None:
             traceback.print_exc()  # then the same line and exit code as without it
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
+
+
+def run() -> None:
+    """The program's entry point (`segcli`, `python -m segcli`): `main()`, then an exit without the
+    interpreter's teardown. Tests call `main()`: this is for a process of its own."""
+    exit_status = [0]
+
+    def exit_without_teardown() -> None:
+        """The last exit handler (registered first): everything is written, every thread joined and every
+        other handler run (W&B's, the DataLoader workers'). What is skipped, the interpreter's teardown, is
+        a garbage collection over every object torch and its dependencies made: over a second."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe has nothing left to say
+                pass
+        os._exit(exit_status[0])
+
+    atexit.register(exit_without_teardown)
+    try:
+        main()
+    except SystemExit as exc:
+        exit_status[0] = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
+    except KeyboardInterrupt:
+        exit_status[0] = 130
+        raise
+    except BaseException:
+        exit_status[0] = 1  # after Python has printed the traceback
+        raise
