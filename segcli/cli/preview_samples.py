@@ -95,7 +95,8 @@ def preview_samples(
     console = stdout_console()
     console.print(f"wrote {output} ({len(samples)} sample{'s' if len(samples) != 1 else ''} from {root}/{split})")
     if wandb:
-        from segcli.training.tracking import init_run, quiet_wandb, wandb_images, wandb_mode
+        from segcli.training.tracking import init_run, wandb_images
+        from segcli.training.wandb_service import quiet_wandb, wandb_mode
 
         quiet_wandb()
         project = env.wandb_project()

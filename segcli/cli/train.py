@@ -100,6 +100,10 @@ def train(
         raise ConfigError("--folds trains one experiment K times; name one experiment")
     dataset_root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
+    if not dry_run:
+        from segcli.training.wandb_service import start_service, wandb_mode
+
+        start_service(wandb_mode(offline))  # while torch and Lightning import
 
     from segcli.training.run import RunOptions
 

@@ -108,8 +108,9 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
         evaluation, samples = worst_images(plan, run_dir, trainer.strategy.root_device, count)
     if checkpoints.report is not None:  # every picture up to date, with the average's star when there is one
         checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
-    run = logger.experiment
-    _log_to_wandb(run, plan, checkpoints, evaluation, samples)
+    run = logger.wait_for_run()
+    if logger.mode != "disabled":
+        _log_to_wandb(run, plan, checkpoints, evaluation, samples)
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
     record.write(run_dir)

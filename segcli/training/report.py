@@ -84,16 +84,17 @@ def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best
 class RunReport:
     """Queues the report's files after every epoch (the newest request replaces one not yet started).
 
-    Drawing costs about half a second of CPU that training wants too, so on short epochs the pictures are
-    redrawn less often than metrics.csv: results.png at most every REDRAW_SECONDS, the best epoch's pictures
-    when it changes, and everything once more when training ends (`final`).
+    Drawing costs about half a second of CPU that training wants too (more on a busy machine), so the pictures
+    are redrawn at most every REDRAW_SECONDS (results.png, and the best epoch's pictures when it changed), and
+    all of them once more when training ends (`final`); metrics.csv is written every epoch. A run shorter than
+    REDRAW_SECONDS draws its pictures once, at the end.
     """
 
     REDRAW_SECONDS = 30.0
 
     def __init__(self, run_dir: RunDir, writer: BackgroundWriter, run_name: str, class_names: list[str]):
         self.run_dir, self.writer, self.run_name, self.class_names = run_dir, writer, run_name, class_names
-        self._curves_drawn: float | None = None
+        self._drawn = time.monotonic()
         self._best_drawn: int | None = None
 
     def submit(self, checkpoints, extra: dict[str, float] | None = None, final: bool = False) -> None:
@@ -111,12 +112,13 @@ class RunReport:
     def _write(self, summary: RunSummary, final: bool) -> None:
         """On the writer thread, which alone keeps what was drawn (a replaced request decides nothing)."""
         now = time.monotonic()
-        curves = final or self._curves_drawn is None or now - self._curves_drawn >= self.REDRAW_SECONDS
-        best = final or summary.best_epoch != self._best_drawn
+        curves = final or now - self._drawn >= self.REDRAW_SECONDS
+        best = curves and (final or summary.best_epoch != self._best_drawn)
         write_report(summary, self.run_dir, curves, best)
         if curves:
-            self._curves_drawn = now
-        self._best_drawn = summary.best_epoch
+            self._drawn = now
+        if best:
+            self._best_drawn = summary.best_epoch
 
 
 def read_report(folder: Path) -> RunSummary:

@@ -32,7 +32,8 @@ from segcli.training.finish import TrainResult, finish_run
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, check_resume_state, preflight
 from segcli.training.report import RunReport
-from segcli.training.tracking import new_run_id, start_logger, sync_file_live, wandb_mode
+from segcli.training.tracking import new_run_id, start_logger, sync_file_live
+from segcli.training.wandb_service import wandb_mode
 
 
 @dataclass(kw_only=True)
@@ -164,9 +165,10 @@ def _callbacks(
         cfg = exp.early_stopping
         callbacks.append(EarlyStopping(monitor=cfg.monitor, patience=cfg.patience, mode=cfg.mode,
                                        min_delta=cfg.min_delta, check_on_train_epoch_end=False))  # fmt: skip
-    callbacks.append(TrainSamples(plan, seed=exp.seed))
-    if exp.log_predictions.count:
-        callbacks.append(PredictionLogger.for_plan(plan, datasets["val"]))
+    if logger.mode != "disabled":  # pictures for W&B, which nothing else shows
+        callbacks.append(TrainSamples(plan, seed=exp.seed))
+        if exp.log_predictions.count:
+            callbacks.append(PredictionLogger.for_plan(plan, datasets["val"]))
     return [*callbacks, *options.extra_callbacks], checkpoints, stop, average
 
 
@@ -206,6 +208,9 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             record.write(run_dir)
         datasets = make_datasets(plan)
         loaders = make_loaders(plan, datasets)
+        # W&B's start runs `git` in subprocesses: a DataLoader worker forked meanwhile would inherit the pipe
+        # Python waits on to see `git` start, and the run would never come (a hang). Workers fork in fit.
+        logger.wait_for_run()
         callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, logger)
         trainer = build_trainer(plan, logger=logger, callbacks=callbacks, progress=options.progress, writer=writer,
                                 default_root_dir=options.output_dir)  # fmt: skip

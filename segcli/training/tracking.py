@@ -1,15 +1,13 @@
 """Weights & Biases: offline unless a key is configured, started off the training path, images and tables.
 
 The W&B run starts on a background thread once every check has passed (so a bad input never leaves a
-half-made run), and training does not wait for it: the logger needs the run only when it first logs, at
-the end of the first epoch. The run's id is chosen up front, so `run.json` names it before W&B is up.
+half-made run), while the datasets, loaders and Trainer are made; `train` waits for it before the first
+DataLoader worker forks. The run's id is chosen up front, so `run.json` names it before W&B is up.
+The mode and the early start of W&B's service process live in `wandb_service` (no torch there).
 """
 
 from __future__ import annotations
 
-import logging
-import netrc
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,32 +24,9 @@ from wandb.sdk.lib.runid import generate_id
 
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
+from segcli.training.wandb_service import quiet_wandb
 
 MAX_LOGGED_SIDE = 512  # images logged to W&B are downscaled to this many pixels on their longer side
-
-
-def _has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_mode(offline: bool) -> str:
-    """--offline wins, then WANDB_MODE; with no API key the run is offline (`wandb sync` it later)."""
-    if offline:
-        return "offline"
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if _has_api_key() else "offline"
-
-
-def quiet_wandb() -> None:
-    """W&B's own chatter (anonymous-mode notes, "Symlinked 1 file ...") is not for segcli's users."""
-    os.environ.setdefault("WANDB_SILENT", "true")
-    logging.getLogger("wandb").setLevel(logging.ERROR)
 
 
 def new_run_id() -> str:
@@ -85,7 +60,12 @@ class BackgroundWandbLogger(WandbLogger):
     @property
     @rank_zero_experiment  # the other processes of a multi-process run get Lightning's do-nothing stand-in
     def experiment(self):
-        if self._experiment is None:
+        return self.wait_for_run()
+
+    def wait_for_run(self):
+        """The W&B run once started (its `mode` is known from then on); None in the other processes of a
+        multi-process run, which start none."""
+        if self._experiment is None and self._started is not None:
             self._experiment, self.mode = self._started.result()
         return self._experiment
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,49 @@ def test_the_model_is_built_once(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "create_model", lambda cfg: builds.append(cfg) or original(cfg))
     _train(_experiment(max_epochs=1, average=None, log_predictions=0), tiny_dataset, tmp_path)
     assert len(builds) == 1
+
+
+def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_dataset, tmp_path, monkeypatch):
+    """W&B's start runs `git` in subprocesses; a DataLoader worker forked meanwhile inherits the pipe Python
+    waits on for `git` to start, and the run never comes: a hang, seen when fit did not wait for W&B."""
+    import pytorch_lightning as pl
+
+    from segcli.training import tracking
+
+    events = []
+    start_run = tracking.init_run
+
+    def slow_start(**kwargs):
+        time.sleep(1.0)
+        started = start_run(**kwargs)
+        events.append("W&B run started")
+        return started
+
+    class FitSetUp(pl.Callback):
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            events.append("fit set up")
+
+    monkeypatch.setattr(tracking, "init_run", slow_start)
+    _train(_experiment(max_epochs=1, average=None, log_predictions=0), tiny_dataset, tmp_path,
+           extra_callbacks=[FitSetUp()])  # fmt: skip
+    assert events == ["W&B run started", "fit set up"]
+
+
+def test_with_wandb_disabled_no_pictures_are_made_for_it(tiny_dataset, tmp_path, monkeypatch):
+    """Training samples, per-epoch predictions and the worst-images table exist for W&B alone."""
+    from segcli.training import finish
+    from segcli.training.callbacks import predictions
+
+    made = []
+    for module in (predictions, finish):
+        monkeypatch.setattr(module, "wandb_images", lambda samples, *rest: made.append(1) or [None] * len(samples))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    result = _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "disabled")
+    assert made == []
+    assert (result.run_dir / "worst_predictions.png").is_file()  # the run folder's own picture stays
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "offline")
+    assert made
 
 
 @pytest.mark.parametrize("kind", ["best", "latest", "ema", "average"])

@@ -1,7 +1,8 @@
-"""W&B mode selection and fallback, and the `cache: ram` dataset cache."""
+"""W&B mode selection, fallback and early start, and the `cache: ram` dataset cache."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from segcli.data.io import list_pairs, read_image, read_mask
 from segcli.data.transforms import build_pipeline
 from segcli.errors import ConfigError
 from segcli.training import preflight, tracking
-from segcli.training.tracking import wandb_mode
+from segcli.training.wandb_service import wandb_mode
 from tests.inference.support import IMAGENET
 
 
@@ -110,3 +111,21 @@ def test_wandb_gets_an_absolute_folder(in_tmp_cwd, monkeypatch):
     logger = tracking.start_logger(project="p", name="n", run_id="r", save_dir=Path("out"), mode="offline", config={})
     assert logger.experiment is not None  # waits for the background start
     assert received["dir"] == str(in_tmp_cwd / "out") and Path(logger.save_dir).is_absolute()
+
+
+def test_the_wandb_service_starts_early_unless_disabled_or_another_process(monkeypatch):
+    from segcli.training import wandb_service
+
+    calls = []
+    monkeypatch.setattr(wandb_service, "_setup", lambda: calls.append(1))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("NODE_RANK", raising=False)
+    wandb_service.start_service("disabled")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a second process of a multi-process run never logs
+    wandb_service.start_service("offline")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    wandb_service.start_service("offline")
+    for thread in threading.enumerate():
+        if thread.name == "segcli-wandb-service":
+            thread.join(timeout=10)
+    assert calls == [1]
