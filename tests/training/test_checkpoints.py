@@ -120,3 +120,32 @@ def test_ema_warmup_ramps_the_decay_and_follows_each_optimizer_step():
         decay = [1 / 10, 2 / 11, 0.99, 0.99][step - 1]
         expected = decay * expected + (1 - decay) * value
         assert float(ema.module.weight) == pytest.approx(expected), step
+
+
+def test_a_state_snapshot_reuses_the_memory_of_the_last_one_written_never_of_one_being_written(tmp_path, monkeypatch):
+    """Fresh memory made the per-epoch snapshot 5x slower than a copy into memory in use; but a snapshot the
+    writer is still writing must keep the values it was taken with."""
+    import threading
+
+    from segcli.training.callbacks import checkpoints
+
+    writing, gate, written = threading.Event(), threading.Event(), []
+
+    def save(payload, path) -> None:
+        writing.set()
+        gate.wait(timeout=30)
+        written.append((payload["w"].data_ptr(), payload["w"].tolist()))
+
+    monkeypatch.setattr(checkpoints, "save_torch", save)
+    writer = BackgroundWriter()
+    state_io, target = checkpoints.BackgroundCheckpointIO(writer), tmp_path / "state_latest.ckpt"
+    state_io.save_checkpoint({"w": torch.zeros(3)}, target)
+    assert writing.wait(timeout=30)  # the writer is in the middle of the first snapshot
+    state_io.save_checkpoint({"w": torch.ones(3)}, target)
+    gate.set()
+    writer.wait()
+    state_io.save_checkpoint({"w": torch.full((3,), 2.0)}, target)
+    writer.close()
+    assert [values for _, values in written] == [[0.0] * 3, [1.0] * 3, [2.0] * 3]
+    assert written[1][0] != written[0][0]  # taken while the first was being written: fresh memory
+    assert written[2][0] == written[1][0]  # taken after the second was written: its memory again
