@@ -114,6 +114,7 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
     record.write(run_dir)
+    checkpoints.writer.wait()  # the final pictures (a short run draws them only now) before they are listed
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip

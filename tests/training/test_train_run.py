@@ -49,6 +49,14 @@ def trained(tiny_dataset, tmp_path_factory):
     return result, RunDir(output / "checkpoints" / "run")
 
 
+def test_the_result_lists_every_report_file_even_of_a_run_too_short_to_draw_before_its_end(trained):
+    """A run shorter than RunReport.REDRAW_SECONDS draws its pictures at the end: they must be in the summary."""
+    result, run_dir = trained
+    expected = {"metrics.csv", "results.png", "per_class.png", "confusion_matrix.png", "worst_predictions.png"}
+    assert {path.name for path in result.report_files} == expected
+    assert all(path.is_file() for path in result.report_files)
+
+
 def test_the_model_is_built_once(tiny_dataset, tmp_path, monkeypatch):
     """`configure_model` was Lightning's hook name: trainer.fit built a second model (weights, seed, compile)."""
     from segcli.models import registry
