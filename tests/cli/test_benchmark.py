@@ -31,7 +31,8 @@ def test_benchmark_json_on_camvid_mini(camvid_mini, in_tmp_cwd):
     assert report["peak_rss_mb"] > 100 and report["gpu_peak_allocated_mb"] is None
     whole = report["whole_run"]
     assert 0 < whole["startup_seconds"] < whole["total_seconds"] and whole["epoch_seconds"] > 0
+    # the share is rounded to 3 decimals: a small one (0.036) is off by more than 1% of itself
     assert whole["epoch_end_share_of_epoch"] == pytest.approx(whole["epoch_end_seconds"] / whole["epoch_seconds"],
-                                                               rel=1e-2)  # fmt: skip
+                                                               abs=1e-3)  # fmt: skip
     assert not (in_tmp_cwd / "checkpoints").exists()  # a benchmark leaves no run behind
     assert not (in_tmp_cwd / "wandb").exists()
