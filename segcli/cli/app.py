@@ -90,7 +90,7 @@ def main() -> None:
 def run() -> None:
     """The program's entry point (`segcli`, `python -m segcli`): `main()`, then an exit without the
     interpreter's teardown. Tests call `main()`: this is for a process of its own."""
-    exit_status = [0]
+    exit_status = 0
 
     def exit_without_teardown() -> None:
         """The last exit handler (registered first): everything is written, every thread joined and every
@@ -101,17 +101,17 @@ def run() -> None:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe has nothing left to say
                 pass
-        os._exit(exit_status[0])
+        os._exit(exit_status)
 
     atexit.register(exit_without_teardown)
     try:
         main()
     except SystemExit as exc:
-        exit_status[0] = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        exit_status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         raise
     except KeyboardInterrupt:
-        exit_status[0] = 130
+        exit_status = 130
         raise
     except BaseException:
-        exit_status[0] = 1  # after Python has printed the traceback
+        exit_status = 1  # exit with it once Python has printed the traceback
         raise

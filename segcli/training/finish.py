@@ -118,5 +118,7 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip
-    result.wandb_mode, result.wandb_dir = logger.mode, str(Path(run.dir).parent)
+    result.wandb_mode = logger.mode
+    if logger.mode != "disabled":  # a disabled run's folder is a made-up temporary path
+        result.wandb_dir = str(Path(run.dir).parent)
     return result

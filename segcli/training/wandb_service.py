@@ -53,7 +53,7 @@ def start_service(mode: str) -> None:
 def _setup() -> None:
     try:
         import wandb
-        import wandb.sdk.launch.inputs.internal  # noqa: F401 - see below
+        import wandb.sdk.launch.inputs.internal  # noqa: F401 - imported before torch: see the module docstring
 
         wandb.setup()
     except Exception:  # noqa: BLE001 - the run's own start reports (or works around) what went wrong

@@ -95,7 +95,7 @@ def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_datase
 
 
 def test_with_wandb_disabled_no_pictures_are_made_for_it(tiny_dataset, tmp_path, monkeypatch):
-    """Training samples, per-epoch predictions and the worst-images table exist for W&B alone."""
+    """Training samples, per-epoch predictions, the worst-images table and the W&B run folder exist for W&B alone."""
     from segcli.training import finish
     from segcli.training.callbacks import predictions
 
@@ -105,10 +105,12 @@ def test_with_wandb_disabled_no_pictures_are_made_for_it(tiny_dataset, tmp_path,
     monkeypatch.setenv("WANDB_MODE", "disabled")
     result = _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "disabled")
     assert made == []
+    assert result.wandb_dir is None  # the summary names no W&B run folder
     assert (result.run_dir / "worst_predictions.png").is_file()  # the run folder's own picture stays
     monkeypatch.setenv("WANDB_MODE", "offline")
-    _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "offline")
+    result = _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "offline")
     assert made
+    assert Path(result.wandb_dir).is_dir()
 
 
 @pytest.mark.parametrize("kind", ["best", "latest", "ema", "average"])

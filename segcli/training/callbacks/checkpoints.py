@@ -53,8 +53,9 @@ def cpu_copy(collection: Any, reuse: Any = None) -> Any:
         apply_to_collection(reuse, torch.Tensor, lambda tensor: spare[tensor.shape, tensor.dtype].append(tensor))
 
     def copy(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()  # a copy_ from a tensor that requires grad would record it in autograd
         buffers = spare.get((tensor.shape, tensor.dtype))
-        return buffers.pop().copy_(tensor) if buffers else tensor.detach().to("cpu", copy=True)
+        return buffers.pop().copy_(tensor) if buffers else tensor.to("cpu", copy=True)
 
     return apply_to_collection(collection, torch.Tensor, copy)
 
