@@ -144,6 +144,8 @@ class SwaAverage(pl.Callback):
         self.on_ready(model, self.metrics, trainer, task)
 
     def state_dict(self) -> dict[str, Any]:
+        if not self.epochs:  # nothing averaged yet: no copy of the weights to write every epoch
+            return {"epochs": 0}
         return {"epochs": self.epochs, "averaged": self.averaged.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,5 +153,6 @@ class SwaAverage(pl.Callback):
             self._pending = state
             return
         self.epochs = state["epochs"]
-        self.averaged.load_state_dict(state["averaged"])
+        if "averaged" in state:
+            self.averaged.load_state_dict(state["averaged"])
         self._pending = None
