@@ -57,7 +57,7 @@ def evaluate(
     from segcli.devices import inference_device
     from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
     from segcli.files import save_image
-    from segcli.inference.evaluate import evaluate_pairs, split_pairs, worst_samples
+    from segcli.inference.evaluate import evaluate_pairs, split_pairs
     from segcli.inference.loading import open_models
 
     env.load_env_file()
@@ -67,7 +67,7 @@ def evaluate(
     pairs = split_pairs(predictor, root, split)
     with ProgressReport(f"evaluating {split}", enabled=not json_output) as progress:
         progress.total(len(pairs))
-        result = evaluate_pairs(predictor, pairs, options, split, progress.advance)
+        result = evaluate_pairs(predictor, pairs, options, split, progress.advance, keep_worst=worst or 0)
     notes = stderr_console()
     for warning in result.warnings:
         notes.print(f"warning: {warning}", markup=False)
@@ -78,7 +78,7 @@ def evaluate(
         save_image(confusion_matrix, render_confusion_matrix(result.matrix, result.class_names, title))
         notes.print(f"wrote {confusion_matrix}", markup=False)
     if worst:
-        samples = worst_samples(predictor, result, pairs, worst, options)
+        samples = result.worst_samples
         title = f"{run}: the {len(samples)} {split} images with the lowest mIoU"
         info = predictor.info
         save_image(worst_output, render_grid(samples, info.class_names, info.ignore_index, PREDICTION_COLUMNS, title))

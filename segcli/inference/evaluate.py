@@ -3,7 +3,8 @@
 The predictions come from the same inference core `predict` uses, in the same order and batches; the
 scores come from `segcli.models.metrics` (one confusion matrix over the split, ignore_index left out,
 absent classes NaN and out of the means), so the numbers are those training logs for that split.
-Each image is also scored on its own (its own confusion matrix), which ranks the worst images.
+Each image is also scored on its own (its own confusion matrix), which ranks the worst images; the worst
+are kept as they go by, so drawing them needs no second prediction.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class ImageScore:
     iou: list[float]
     pixels: int
 
+    def worst_first(self) -> tuple:
+        """Sort key: lowest mIoU first, images with nothing to score last, ties by name."""
+        return bool(np.isnan(self.mIoU)), self.mIoU, self.name
+
 
 @dataclass
 class Evaluation:
@@ -49,11 +54,12 @@ class Evaluation:
     per_image: list[ImageScore] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """E.g. images far from the size the model was trained at."""
+    worst_samples: list[Sample] = field(default_factory=list)
+    """The `keep_worst` images of `worst()` as grid rows (image, ground truth, prediction, score), worst first."""
 
     def worst(self, count: int) -> list[ImageScore]:
         """The `count` images with the lowest per-image mIoU (images with nothing to score last)."""
-        ranked = sorted(self.per_image, key=lambda s: (np.isnan(s.mIoU), s.mIoU, s.name))
-        return ranked[:count]
+        return sorted(self.per_image, key=ImageScore.worst_first)[:count]
 
     def to_dict(self, per_image: bool = False) -> dict[str, Any]:
         s = self.split
@@ -145,11 +151,14 @@ def evaluate_pairs(
     options: InferenceOptions,
     split: str,
     on_image: Callable[[], None] | None = None,
+    keep_worst: int = 0,
 ) -> Evaluation:
+    """Score `pairs` as a whole and per image; `keep_worst`: also keep that many lowest-scoring images to draw."""
     info = predictor.info
     size = len(info.class_names)
     total = torch.zeros(size, size, dtype=torch.long)
     per_image, warnings = [], []
+    worst: list[tuple[ImageScore, np.ndarray, np.ndarray, np.ndarray]] = []
     for pair, image, target, prediction in predicted_pairs(predictor, pairs, options):
         warning = None if options.resize else scale_warning(info, *image.shape[:2])
         if warning and warning not in warnings:
@@ -160,7 +169,12 @@ def evaluate_pairs(
         total += matrix
         result = scores(matrix)
         headline = result["iou"][1] if info.binary else result["mIoU"]  # binary: the foreground, as in training
-        per_image.append(ImageScore(pair.image.name, float(headline), result["iou"].tolist(), int(matrix.sum())))
+        score = ImageScore(pair.image.name, float(headline), result["iou"].tolist(), int(matrix.sum()))
+        per_image.append(score)
+        if keep_worst:
+            worst.append((score, image, target, prediction))
+            worst.sort(key=lambda kept: kept[0].worst_first())
+            del worst[keep_worst:]
         if on_image:
             on_image()
     matrix = total
@@ -173,21 +187,10 @@ def evaluate_pairs(
         metrics=epoch_metrics(matrix, split, info.class_names, info.binary),
         per_image=per_image,
         warnings=warnings,
+        worst_samples=[_grid_row(*kept) for kept in worst],
     )
 
 
-def worst_samples(
-    predictor: Predictor, evaluation: Evaluation, pairs: Sequence[Pair], count: int, options: InferenceOptions
-) -> list[Sample]:
-    """The `count` worst images as grid rows (image, ground truth, prediction), worst first."""
-    worst = evaluation.worst(count)
-    by_name = {pair.image.name: pair for pair in pairs}
-    chosen = [by_name[score.name] for score in worst]
-    found = {pair.image.name: (image, target, prediction)
-             for pair, image, target, prediction in predicted_pairs(predictor, chosen, options)}  # fmt: skip
-    samples = []
-    for score in worst:
-        image, target, prediction = found[score.name]
-        caption = f"mIoU {score.mIoU:.3f}" if not np.isnan(score.mIoU) else "nothing to score"
-        samples.append(Sample(score.name, display_image(image), target, prediction, caption))
-    return samples
+def _grid_row(score: ImageScore, image: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> Sample:
+    caption = f"mIoU {score.mIoU:.3f}" if not np.isnan(score.mIoU) else "nothing to score"
+    return Sample(score.name, display_image(image), target, prediction, caption)

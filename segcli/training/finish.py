@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import EarlyStopping
 from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
 from segcli.files import save_image
 from segcli.inference.engine import InferenceOptions
-from segcli.inference.evaluate import Evaluation, evaluate_pairs, worst_samples
+from segcli.inference.evaluate import Evaluation, evaluate_pairs
 from segcli.inference.loading import open_model
 from segcli.training.report import report_details
 from segcli.training.tracking import wandb_images
@@ -51,25 +51,31 @@ class TrainResult:
                    wandb_mode=None, finished_before=True)  # fmt: skip
 
 
-def worst_images(plan, run_dir, device, count: int) -> tuple[Evaluation, list]:
-    """Score every val image on its own with the best checkpoint (through `evaluate`'s code) and draw the worst."""
+def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
+    """Score every val image on its own with the best checkpoint (through `evaluate`'s code); the `count` worst
+    are drawn on the background writer (their PNG takes a quarter of a second, W&B's pictures as long)."""
     predictor = open_model(run_dir.best, device)
     options = InferenceOptions(batch_size=plan.experiment.batch_size)
-    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val")
-    samples = worst_samples(predictor, evaluation, plan.pairs["val"], count, options)
+    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count)
+    samples = evaluation.worst_samples
     title = f"{run_dir.path.name}: the {len(samples)} val images with the lowest mIoU at the best checkpoint"
-    grid = render_grid(samples, plan.class_names, plan.experiment.ignore_index, PREDICTION_COLUMNS, title)
-    save_image(run_dir.worst_png, grid)
-    return evaluation, samples
+
+    def draw() -> None:
+        grid = render_grid(samples, plan.class_names, plan.experiment.ignore_index, PREDICTION_COLUMNS, title)
+        save_image(run_dir.worst_png, grid)
+
+    writer.submit(run_dir.worst_png, draw)
+    return evaluation
 
 
-def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None, samples: list) -> None:
+def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None) -> None:
     summary = {}
     if checkpoints.best_matrix is not None:
         title = f"{checkpoints.run_name}, val at epoch {checkpoints.best_epoch} (best)"
         summary["val/confusion_matrix"] = wandb.Image(render_confusion_matrix(checkpoints.best_matrix,
                                                                               plan.class_names, title))  # fmt: skip
-    if samples:
+    if evaluation is not None and evaluation.worst_samples:
+        samples = evaluation.worst_samples
         table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in plan.class_names)])
         scores = {score.name: score for score in evaluation.per_image}
         for sample, image in zip(samples, wandb_images(samples, plan.class_names, plan.experiment.ignore_index),
@@ -102,19 +108,19 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     )
     if not lead:
         return result
-    evaluation, samples = None, []
+    evaluation = None
     count = exp.log_predictions.worst
     if count and run_dir.best.is_file() and not stop.requested:
-        evaluation, samples = worst_images(plan, run_dir, trainer.strategy.root_device, count)
+        evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
     if checkpoints.report is not None:  # every picture up to date, with the average's star when there is one
         checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
     run = logger.wait_for_run()
     if logger.mode != "disabled":
-        _log_to_wandb(run, plan, checkpoints, evaluation, samples)
+        _log_to_wandb(run, plan, checkpoints, evaluation)
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
     record.write(run_dir)
-    checkpoints.writer.wait()  # the final pictures (a short run draws them only now) before they are listed
+    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip

@@ -270,3 +270,30 @@ def test_evaluation_equals_a_hand_computed_confusion_matrix(tmp_path):
     document = result.to_dict()
     assert document["per_class"]["never"] == {"IoU": None, "Dice": None, "pixels": 0}
     assert document["per_class"]["red"]["pixels"] == 4 and document["images"] == 2
+
+
+def test_the_worst_images_are_kept_from_the_scoring_pass(tmp_path):
+    """`keep_worst` draws what was scored: each image is predicted once, and the kept rows are `worst()`'s."""
+    predicted = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:  # the brightest colour channel wins
+        predicted.append(len(batch))
+        return batch
+
+    info = _info(classes=3, names=["red", "green", "blue"])
+    predictor = Predictor(model_scores(forward, 1), info, "test", tmp_path)
+    right = np.array([[R, G], [B, B]], np.uint8)  # predicted [[0, 1], [2, 2]]
+    masks = {"a": [[0, 1], [2, 2]], "b": [[1, 1], [2, 2]], "c": [[1, 0], [0, 1]], "d": [[0, 1], [2, 0]]}
+    pairs = [Pair(write_png(tmp_path / "images" / f"{name}.png", right),
+                  write_png(tmp_path / "labels" / f"{name}.png", np.array(mask, np.uint8)))
+             for name, mask in masks.items()]  # fmt: skip
+    result = evaluate_pairs(predictor, pairs, InferenceOptions(batch_size=3), "val", keep_worst=2)
+    assert sum(predicted) == len(pairs)  # no second prediction for the kept ones
+    assert [score.name for score in result.worst(2)] == ["c.png", "b.png"]  # mIoU 0, 0.5 (then d 2/3, a 1)
+    rows = result.worst_samples
+    assert [row.name for row in rows] == ["c.png", "b.png"] and [row.caption for row in rows] == [
+        "mIoU 0.000",
+        "mIoU 0.500",
+    ]
+    assert rows[1].prediction.tolist() == [[0, 1], [2, 2]] and rows[1].mask.tolist() == masks["b"]
+    assert evaluate_pairs(predictor, pairs, InferenceOptions(), "val").worst_samples == []  # only when asked
