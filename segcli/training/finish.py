@@ -53,7 +53,7 @@ class TrainResult:
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
     """Score every val image on its own with the best checkpoint (through `evaluate`'s code); the `count` worst
-    are drawn on the background writer (their PNG takes a quarter of a second, W&B's pictures as long)."""
+    are drawn on the background writer, while the main thread makes W&B's pictures of them."""
     predictor = open_model(run_dir.best, device)
     options = InferenceOptions(batch_size=plan.experiment.batch_size)
     evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count)
