@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from segcli.data.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("tiny"), train=8, val=4, size=(64, 64), seed=1)
+
+
+@pytest.fixture(scope="module")
+def module_folder(tmp_path_factory, request) -> Path:
+    """A folder for the runs a test module shares, removed after the module (tmp_path's retention leaves these)."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

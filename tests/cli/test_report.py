@@ -20,8 +20,8 @@ experiments:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_dataset, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runs")
+def runs(tiny_dataset, module_folder):
+    folder = module_folder
     (folder / "r.yaml").write_text(RUNS)
     result = run_segcli("train", "-c", "r.yaml", "-e", "all", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
                         "--output-dir", "out", cwd=folder)  # fmt: skip

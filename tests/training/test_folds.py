@@ -64,8 +64,8 @@ experiments:
 
 
 @pytest.fixture(scope="module")
-def kfold(tiny_dataset, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("kfold")
+def kfold(tiny_dataset, module_folder):
+    folder = module_folder
     (folder / "kfold.yaml").write_text(KFOLD)
     result = run_segcli("train", "-c", "kfold.yaml", "-e", "cv", "--folds", "3", "--dataset", tiny_dataset,
                         "--classes", DEMO_CLASSES, "--output-dir", "out", cwd=folder)  # fmt: skip

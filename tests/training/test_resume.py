@@ -126,6 +126,7 @@ def _assert_same_run(resumed: Path, clean: Path, run: str = RUN) -> None:
 
 
 def _clean(dataset: Path, folder: Path, *extra: str, experiment: str = "exp") -> Path:
+    folder.mkdir(exist_ok=True)
     (folder / "tiny.yaml").write_text(EXPERIMENTS)
     result = run_segcli(*_args(folder / "tiny.yaml", dataset, folder / "out", *extra, experiment=experiment),
                         cwd=folder)  # fmt: skip
@@ -134,8 +135,8 @@ def _clean(dataset: Path, folder: Path, *extra: str, experiment: str = "exp") ->
 
 
 @pytest.fixture(scope="module")
-def clean_run(tiny_dataset, tmp_path_factory) -> Path:
-    return _clean(tiny_dataset, tmp_path_factory.mktemp("clean"))
+def clean_run(tiny_dataset, module_folder) -> Path:
+    return _clean(tiny_dataset, module_folder)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3])
@@ -174,9 +175,9 @@ def test_reduce_on_plateau_trains_and_halves_the_rate(clean_run):
     assert any(row["lr"] < 0.001 for row in history)  # patience 0: the first worse val/loss halves it
 
 
-def test_early_stopping_survives_a_resume(config, tiny_dataset, in_tmp_cwd, tmp_path_factory):
+def test_early_stopping_survives_a_resume(config, tiny_dataset, in_tmp_cwd):
     """The state was saved before EarlyStopping counted the epoch: a resumed run never stopped early."""
-    clean = _clean(tiny_dataset, tmp_path_factory.mktemp("stops"), experiment="stops")
+    clean = _clean(tiny_dataset, in_tmp_cwd / "clean", experiment="stops")
     clean_epochs = _state(clean, "tiny-stops")["epoch"]
     assert clean_epochs < 4  # patience 1 with an improvement nothing reaches: it stops early
     output = in_tmp_cwd / "out"
@@ -191,10 +192,10 @@ def test_early_stopping_survives_a_resume(config, tiny_dataset, in_tmp_cwd, tmp_
 
 
 @pytest.mark.parametrize("how", ["--resume", "--resume-from"])
-def test_a_finished_run_extends_to_a_larger_max_epochs(config, tiny_dataset, in_tmp_cwd, tmp_path_factory, how):
+def test_a_finished_run_extends_to_a_larger_max_epochs(config, tiny_dataset, in_tmp_cwd, how):
     """`--resume --max-epochs 3` on a finished 2-epoch run trains epoch 3: the same as 3 epochs at once; so does
     `--resume-from` a copy of its state file."""
-    clean = _clean(tiny_dataset, tmp_path_factory.mktemp("three"), "--max-epochs", "3")
+    clean = _clean(tiny_dataset, in_tmp_cwd / "clean", "--max-epochs", "3")
     output = in_tmp_cwd / "out"
     first = run_segcli(*_args(config, tiny_dataset, output, "--max-epochs", "2"), cwd=in_tmp_cwd)
     assert first.returncode == 0, first.stderr[-3000:]

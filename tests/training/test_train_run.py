@@ -42,9 +42,9 @@ def _train(experiment: Experiment, dataset: Path, output: Path, classes=CLASSES,
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
+def trained(tiny_dataset, module_folder):
     """3 epochs with EMA and SWA from epoch 2, no val transforms (so evaluate sees what validation saw)."""
-    output = tmp_path_factory.mktemp("trained")
+    output = module_folder
     result = _train(_experiment(ema={"decay": 0.8}, average={"start_epoch": 2}), tiny_dataset, output)
     return result, RunDir(output / "checkpoints" / "run")
 
