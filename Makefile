@@ -30,7 +30,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check segcli tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --tb=short  # short tracebacks: CI shows only a part of the output
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow"

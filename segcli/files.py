@@ -41,7 +41,14 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as stream:
-            write(stream)
+            kept = _ErrorKeepingStream(stream)
+            try:
+                write(kept)
+            except Exception as exc:
+                if kept.error is None:
+                    raise
+                # the disk's own error, which torch.save replaces with "RuntimeError: ... unexpected pos"
+                raise kept.error from exc
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
@@ -58,6 +65,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+class _ErrorKeepingStream:
+    """Passes writes to `stream` and keeps the OSError of a failed one (see `atomic_write`)."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream, self.error = stream, None
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _fsync_directory(folder: Path) -> None:

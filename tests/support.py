@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import subprocess
 import sys
@@ -97,3 +98,38 @@ def _wandb_rows(data: bytes) -> list[dict]:
                              for item in record.history.item})  # fmt: skip
             pending = b""
     return rows
+
+
+class _FillingFile:
+    """A file on a disk with `room` bytes left: a write past them fails with ENOSPC, as a real one does."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.file.close()
+
+
+def fill_the_disk(monkeypatch, room: int = 0) -> None:
+    """Each file opened for writing with `os.fdopen` (segcli's atomic writes) fails past `room` bytes as on a
+    full disk. The error comes from the stream, so `torch.save` replaces it with its own RuntimeError, as it does on
+    a real disk (mocking `torch.save` to raise OSError hid that)."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        file = real_fdopen(fd, mode, *args, **kwargs)
+        return _FillingFile(file, room) if "w" in mode else file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)

@@ -16,6 +16,7 @@ from segcli.artifacts import read_checkpoint
 from segcli.errors import CheckpointError, StorageError
 from segcli.files import BackgroundWriter, atomic_write, save_torch, write_text
 from tests.inference.support import TINY_CLASSES, make_checkpoint
+from tests.support import fill_the_disk
 
 
 def test_files_get_the_permissions_of_the_umask(tmp_path):
@@ -129,17 +130,15 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
         read_checkpoint(tmp_path / "missing.pth")
 
 
-def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("room", [0, 5000])  # the disk full at the first write, or after a part of the file
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, room):
+    """A full disk under torch.save (which turns the stream's OSError into "RuntimeError: unexpected pos") is a
+    StorageError naming the file, not a traceback."""
     path = tmp_path / "ckpt.pth"
     save_torch({"value": torch.ones(3)}, path)
-
-    def broken_save(obj, stream):
-        stream.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", broken_save)
+    fill_the_disk(monkeypatch, room)
     with pytest.raises(StorageError, match="disk full while writing .*ckpt.pth; the previous file is intact"):
-        save_torch({"value": torch.zeros(3)}, path)
+        save_torch({"value": torch.zeros(10_000)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

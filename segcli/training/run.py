@@ -77,6 +77,11 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
     if options.resume_from is None and not options.resume:
         return None
     state = options.resume_from or run_dir.state
+    if not state.is_file() and options.resume_from is None and run_dir.has_checkpoints():
+        raise CheckpointError(
+            f"no training state at {state} to resume from: the run stopped before it saved one (a full disk?); "
+            "start it again with --overwrite"
+        )
     if not state.is_file():
         raise CheckpointError(
             f"no training state at {state} to resume from; start the run without --resume"
@@ -88,9 +93,10 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
 
 def _prepare_run_dir(run_dir: RunDir, overwrite: bool, resuming: bool) -> None:
     if run_dir.has_checkpoints() and not (overwrite or resuming):
+        resumable = "continue it with --resume, " if run_dir.state.is_file() else ""
         raise ConfigError(
-            f"{run_dir.path} already holds checkpoints of this run; continue it with --resume, replace it with "
-            "--overwrite, or train somewhere else with --output-dir"
+            f"{run_dir.path} already holds checkpoints of this run; {resumable}replace it with --overwrite, "
+            "or train somewhere else with --output-dir"
         )
     try:
         run_dir.path.mkdir(parents=True, exist_ok=True)

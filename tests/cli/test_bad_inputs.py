@@ -5,7 +5,6 @@ The cases run in-process through `segcli.cli.app.main` (the real error boundary)
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from segcli.cli.app import main
-from tests.support import DEMO_CLASSES, assert_user_error, run_segcli
+from tests.support import DEMO_CLASSES, assert_user_error, fill_the_disk, run_segcli
 
 GOOD_MODEL = "model: {arch: unet, encoder_name: resnet18, encoder_weights: null, classes: 4}\n"
 GOOD_DEFAULTS = "defaults: {batch_size: 2, max_epochs: 1, num_workers: 0}\n"
@@ -279,18 +278,31 @@ def test_bad_input(case: Case, tiny_dataset, in_tmp_cwd, restore_environ, capsys
 def test_disk_full_while_saving_is_clear_and_writes_no_checkpoint(
     tiny_dataset, in_tmp_cwd, restore_environ, capsys, monkeypatch
 ):
-    import torch
-
-    def full_disk(payload, stream):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
+    fill_the_disk(monkeypatch, room=100_000)  # the first checkpoint (~57 MB) does not fit
     (in_tmp_cwd / "tiny.yaml").write_text(experiment_file())
     argv = ["train", "-c", "tiny.yaml", "-e", "exp", "--dataset", str(tiny_dataset), "--classes", DEMO_CLASSES]
     code, out, err = _run_main([*argv, "--output-dir", "out"], capsys)
     assert code == 2, err[-2000:]
     assert "error: disk full while writing" in err and "--resume" in err
     assert not list((in_tmp_cwd / "out" / "checkpoints").rglob("*.pth"))
+
+
+def test_a_run_whose_first_state_did_not_fit_points_to_overwrite(
+    tiny_dataset, in_tmp_cwd, restore_environ, capsys, monkeypatch
+):
+    """The weights fit, the training state did not: with no state to continue from, `--resume` and a plain
+    re-run both point to --overwrite (they used to send the user from one to the other)."""
+    (in_tmp_cwd / "tiny.yaml").write_text(experiment_file())
+    argv = ["train", "-c", "tiny.yaml", "-e", "exp", "--dataset", str(tiny_dataset), "--classes", DEMO_CLASSES]
+    with monkeypatch.context() as full:
+        fill_the_disk(full, room=100_000_000)  # ckpt_latest.pth (~57 MB) fits, state_latest.ckpt does not
+        code, out, err = _run_main([*argv, "--output-dir", "out"], capsys)
+    assert code == 2 and "error: disk full while writing" in err and "state_latest.ckpt" in err, err[-2000:]
+    assert list((in_tmp_cwd / "out" / "checkpoints").rglob("ckpt_latest.pth"))
+    for extra in (["--resume"], []):
+        code, out, err = _run_main([*argv, "--output-dir", "out", *extra], capsys)
+        assert code == 2 and "--overwrite" in err and "continue it with --resume" not in err, err
+        assert "start the run without --resume" not in err, err
 
 
 def test_unreachable_weights_fail_within_seconds(tiny_dataset, in_tmp_cwd):
