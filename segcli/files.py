@@ -56,8 +56,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageError(
-                f"disk full while writing {path}; the previous file is intact. Free space, then continue "
-                "with `segcli train ... --resume`"
+                f"disk full while writing {path}; the previous file is intact. Free space, then run the command "
+                "again (`segcli train ... --resume` continues a run from its last saved epoch)"
             ) from None
         raise
     except BaseException:

@@ -43,7 +43,7 @@ from segcli.artifacts import (
     sidecar_document,
 )
 from segcli.errors import ConfigError
-from segcli.files import write_json
+from segcli.files import save_torch, write_json
 from segcli.inference.loading import (
     ENSEMBLE_KEYS,
     expand_sources,
@@ -385,7 +385,7 @@ def _write_state_dict(model, info: ModelInfo, example: torch.Tensor, path: Path,
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
         "metadata": json.loads(json.dumps(info.sidecar())),
     }
-    torch.save(bundle, path)
+    save_torch(bundle, path)
     return {"load_with": "torch.load(path, weights_only=True)['state_dict']"}
 
 

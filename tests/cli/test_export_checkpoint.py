@@ -16,7 +16,7 @@ from segcli.inference.engine import InferenceOptions
 from segcli.inference.export import export
 from segcli.inference.loading import open_model
 from tests.inference.support import IMAGENET, TINY_CLASSES, make_checkpoint, run_main
-from tests.support import assert_user_error
+from tests.support import assert_user_error, fill_the_disk
 
 FORMATS = ["onnx", "torchscript", "state-dict", "smp"]
 
@@ -134,6 +134,13 @@ def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
     assert unchecked.returncode == 0 and "skipped (--no-check)" in unchecked.stdout
     with pytest.raises(ConfigError, match="onnxruntime"):
         open_model(run_dir / "ckpt_best.onnx")
+
+
+def test_a_full_disk_is_a_user_error_and_leaves_no_export(run_dir, monkeypatch, capsys):
+    fill_the_disk(monkeypatch, room=100_000)  # the state-dict bundle (~57 MB) does not fit
+    result = run_main(capsys, "export-checkpoint", run_dir, "--format", "state-dict", "--no-check")
+    assert_user_error(result, "disk full while writing", "run the command again")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["ckpt_best.pth"]
 
 
 class _Exploit:
