@@ -42,7 +42,7 @@ from segcli.artifacts import (
     json_number,
     sidecar_document,
 )
-from segcli.errors import ConfigError
+from segcli.errors import ConfigError, StorageError
 from segcli.files import save_torch, write_json
 from segcli.inference.loading import (
     ENSEMBLE_KEYS,
@@ -262,6 +262,9 @@ def export(
             if fmt != "smp":
                 staged_sidecar.replace(sidecar)
         return ExportResult(fmt, output, sidecar, info, sources, details, result, written)
+    except StorageError:  # it named the staging folder, which is gone
+        raise StorageError(f"disk full while exporting {output}; nothing was written. Free space, then run the "
+                           "command again") from None  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -77,12 +77,12 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
     if options.resume_from is None and not options.resume:
         return None
     state = options.resume_from or run_dir.state
-    if not state.is_file() and options.resume_from is None and run_dir.has_checkpoints():
-        raise CheckpointError(
-            f"no training state at {state} to resume from: the run stopped before it saved one (a full disk?); "
-            "start it again with --overwrite"
-        )
     if not state.is_file():
+        if options.resume_from is None and run_dir.has_checkpoints():
+            raise CheckpointError(
+                f"no training state at {state} to resume from: the run stopped before it saved one (a full "
+                "disk?); start it again with --overwrite"
+            )
         raise CheckpointError(
             f"no training state at {state} to resume from; start the run without --resume"
             + ("" if options.resume_from else f" (or check --output-dir: looked in {run_dir.path})")

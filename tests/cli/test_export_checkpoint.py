@@ -139,7 +139,9 @@ def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
 def test_a_full_disk_is_a_user_error_and_leaves_no_export(run_dir, monkeypatch, capsys):
     fill_the_disk(monkeypatch, room=100_000)  # the state-dict bundle (~57 MB) does not fit
     result = run_main(capsys, "export-checkpoint", run_dir, "--format", "state-dict", "--no-check")
-    assert_user_error(result, "disk full while writing", "run the command again")
+    output = run_dir / "ckpt_best.state_dict.pth"
+    assert_user_error(result, f"disk full while exporting {output}", "nothing was written")
+    assert ".segcli-export" not in result.stderr  # the staging folder means nothing to the user
     assert sorted(p.name for p in run_dir.iterdir()) == ["ckpt_best.pth"]
 
 
