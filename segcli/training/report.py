@@ -84,9 +84,10 @@ def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best
 class RunReport:
     """Queues the report's files after every epoch (the newest request replaces one not yet started).
 
-    Drawing costs about half a second of CPU that training wants too (more on a busy machine), so the pictures
+    Drawing costs about a second of CPU that training wants too (more on a busy machine), so the pictures
     are redrawn at most every REDRAW_SECONDS (results.png, and the best epoch's pictures when it changed), and
-    all of them once more when training ends (`final`); metrics.csv is written every epoch. A run shorter than
+    all of them once more when training ends (`final`); metrics.csv is written every epoch. The epoch training
+    ends at (`last`) draws nothing itself: the final drawing follows it within seconds. A run shorter than
     REDRAW_SECONDS draws its pictures once, at the end.
     """
 
@@ -97,7 +98,9 @@ class RunReport:
         self._drawn = time.monotonic()
         self._best_drawn: int | None = None
 
-    def submit(self, checkpoints, extra: dict[str, float] | None = None, final: bool = False) -> None:
+    def submit(
+        self, checkpoints, extra: dict[str, float] | None = None, final: bool = False, last: bool = False
+    ) -> None:
         summary = RunSummary(
             run_name=self.run_name,
             class_names=self.class_names,
@@ -107,12 +110,12 @@ class RunReport:
             best_matrix=checkpoints.best_matrix,
             extra=dict(extra or {}),
         )
-        self.writer.submit(self.run_dir.metrics_csv, lambda: self._write(summary, final))
+        self.writer.submit(self.run_dir.metrics_csv, lambda: self._write(summary, final, last))
 
-    def _write(self, summary: RunSummary, final: bool) -> None:
+    def _write(self, summary: RunSummary, final: bool, last: bool) -> None:
         """On the writer thread, which alone keeps what was drawn (a replaced request decides nothing)."""
         now = time.monotonic()
-        curves = final or now - self._drawn >= self.REDRAW_SECONDS
+        curves = final or (not last and now - self._drawn >= self.REDRAW_SECONDS)
         best = curves and (final or summary.best_epoch != self._best_drawn)
         write_report(summary, self.run_dir, curves, best)
         if curves:

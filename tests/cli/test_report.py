@@ -88,8 +88,8 @@ def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_aver
 
 
 def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
-    """metrics.csv every epoch; the pictures at most every REDRAW_SECONDS (the best epoch's when it changed), and
-    all of them at the end: a short run draws them once."""
+    """metrics.csv every epoch; the pictures at most every REDRAW_SECONDS (the best epoch's when it changed), never
+    for the epoch training ends at, and all of them at the end: a short run draws them once."""
     from types import SimpleNamespace
 
     from segcli.artifacts import RunDir
@@ -102,14 +102,14 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     state = SimpleNamespace(history=[], best_epoch=None, monitor=SimpleNamespace(metric="val/mIoU"), best_matrix=None)
     pictures = (run_dir.results_png, run_dir.per_class_png, run_dir.confusion_png)
 
-    def epoch(number: int, best: bool, final: bool = False) -> set[str]:
+    def epoch(number: int, best: bool, final: bool = False, last: bool = False) -> set[str]:
         for path in (run_dir.metrics_csv, *pictures):
             path.unlink(missing_ok=True)
         state.history.append({"epoch": number, "val/loss": 1.0 / number, "val/mIoU": 0.1 * number,
                               "val/IoU/a": 0.5, "val/IoU/b": 0.5})  # fmt: skip
         if best:
             state.best_epoch, state.best_matrix = number, [[5, 1], [2, 7]]
-        report.submit(state, final=final)
+        report.submit(state, final=final, last=last)
         writer.wait()
         return {path.name for path in (run_dir.metrics_csv, *pictures) if path.exists()}
 
@@ -119,7 +119,8 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     assert epoch(2, best=False) == everything  # epoch 1's best pictures were never drawn
     assert epoch(3, best=False) == {"metrics.csv", "results.png"}
     assert epoch(4, best=True) == everything
+    assert epoch(5, best=True, last=True) == {"metrics.csv"}  # training ends here: the final report draws it
     report.REDRAW_SECONDS = 3600.0
-    assert epoch(5, best=True) == {"metrics.csv"}
-    assert epoch(6, best=False, final=True) == everything
+    assert epoch(6, best=True) == {"metrics.csv"}
+    assert epoch(7, best=False, final=True) == everything
     writer.close()

@@ -24,13 +24,15 @@ def task():
     return SegmentationTask(Experiment(model=model).model_dump(mode="json"), CLASSES)
 
 
-def _trainer(epoch: int, miou: float):
+def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool = False):
     """What RunCheckpoints reads from Lightning's trainer at the end of an epoch (0-based current_epoch)."""
     metrics = {"val/mIoU": torch.tensor(miou), "val/loss": torch.tensor(1.0), "train/mIoU": torch.tensor(0.9)}
     saved = []
     return SimpleNamespace(
         callback_metrics=metrics,
         current_epoch=epoch,
+        max_epochs=max_epochs,
+        should_stop=should_stop,
         global_step=10 * (epoch + 1),
         is_global_zero=True,
         optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])],
@@ -87,6 +89,19 @@ def test_best_shares_the_file_of_the_latest_epoch_when_it_is_that_epoch(task, tm
     writer.close()
     assert os.path.samefile(run_dir.best, run_dir.latest)  # one write, two names (a copy where links fail)
     assert read_checkpoint(run_dir.best).info.source["kind"] == "best"
+
+
+def test_the_epoch_training_ends_at_leaves_its_pictures_to_the_final_report(task, tmp_path):
+    """The last epoch (max_epochs reached, or early stopping / Ctrl-C asked to stop) draws nothing itself."""
+    run_dir, writer = RunDir(tmp_path), BackgroundWriter()
+    callback = _callback(task, run_dir, writer)
+    requests = []
+    callback.report = SimpleNamespace(submit=lambda checkpoints, last: requests.append(last))
+    for epoch in range(3):
+        callback.on_train_epoch_end(_trainer(epoch, 0.5, max_epochs=3), task)
+    callback.on_train_epoch_end(_trainer(3, 0.5, max_epochs=10, should_stop=True), task)
+    writer.close()
+    assert requests == [False, False, True, True]
 
 
 def test_checkpoint_metadata_loads_with_weights_only(task, tmp_path):

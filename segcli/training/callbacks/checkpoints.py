@@ -149,8 +149,8 @@ class RunCheckpoints(Checkpoint):
         self.plateau_metric = self._plateau_value(trainer, metrics)
         if trainer.is_global_zero:
             self._write_weights(trainer, task, epoch, metrics, improved)
-            if self.report is not None:
-                self.report.submit(self)
+            if self.report is not None:  # the epoch training ends at is drawn by the final report
+                self.report.submit(self, last=trainer.should_stop or 0 < trainer.max_epochs <= epoch)
         trainer.save_checkpoint(self.run_dir.state)  # every rank calls it (a barrier); rank 0 writes
         if trainer.is_global_zero:
             self.record.epochs_completed = epoch
