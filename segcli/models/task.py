@@ -139,7 +139,7 @@ class SegmentationTask(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._epoch_scores("val")
-        if metrics is not None and not self.trainer.sanity_checking:
+        if metrics is not None:
             self.log_scores(metrics)
 
     @torch.inference_mode()

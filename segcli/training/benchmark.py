@@ -170,7 +170,6 @@ def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
             max_epochs=-1,
             max_steps=WARMUP + steps,
             limit_val_batches=0,
-            num_sanity_val_steps=0,
             default_root_dir=scratch,
         )
         trainer.fit(task, loaders["train"], weights_only=True)
@@ -204,9 +203,8 @@ class _Phases(pl.Callback):
         self._epoch_started = now
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._end_started = time.perf_counter()
-            self.epoch_seconds.append(self._end_started - self._epoch_started)
+        self._end_started = time.perf_counter()
+        self.epoch_seconds.append(self._end_started - self._epoch_started)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.epoch_end_seconds.append(time.perf_counter() - self._end_started)

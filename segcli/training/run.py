@@ -138,6 +138,9 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
             "enable_model_summary": False,
             "enable_progress_bar": progress,
             "log_every_n_steps": max(1, min(50, len(plan.pairs["train"]) // exp.batch_size)),
+            # Lightning's sanity pass guards a user's own validation_step; segcli's is its own, and preflight has
+            # run the val transforms on every image size: the pass would only repeat part of the first validation.
+            "num_sanity_val_steps": 0,
             "strategy": exp.strategy,
             "num_nodes": exp.num_nodes,
             "accumulate_grad_batches": exp.accumulate_grad_batches,

@@ -57,15 +57,25 @@ def test_the_result_lists_every_report_file_even_of_a_run_too_short_to_draw_befo
     assert all(path.is_file() for path in result.report_files)
 
 
-def test_the_model_is_built_once(tiny_dataset, tmp_path, monkeypatch):
-    """`configure_model` was Lightning's hook name: trainer.fit built a second model (weights, seed, compile)."""
+def test_the_model_is_built_once_and_validated_once_an_epoch(tiny_dataset, tmp_path, monkeypatch):
+    """`configure_model` was Lightning's hook name: trainer.fit built a second model (weights, seed, compile).
+    Lightning's sanity pass before the first epoch repeated part of a validation segcli runs anyway."""
+    import pytorch_lightning as pl
+
     from segcli.models import registry
 
-    builds = []
+    builds, validations = [], []
     original = registry.create_model
     monkeypatch.setattr(registry, "create_model", lambda cfg: builds.append(cfg) or original(cfg))
-    _train(_experiment(max_epochs=1, average=None, log_predictions=0), tiny_dataset, tmp_path)
+
+    class CountValidations(pl.Callback):
+        def on_validation_start(self, trainer, task) -> None:
+            validations.append(trainer.current_epoch)
+
+    _train(_experiment(max_epochs=2, average=None, log_predictions=0), tiny_dataset, tmp_path,
+           extra_callbacks=[CountValidations()])  # fmt: skip
     assert len(builds) == 1
+    assert validations == [0, 1]
 
 
 def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_dataset, tmp_path, monkeypatch):

@@ -74,8 +74,6 @@ class EmaAverage(pl.Callback):
         self.updates += 1
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, task) -> None:
-        if trainer.sanity_checking:
-            return
         metrics = scored_metrics(task, self.module, trainer.val_dataloaders, "val_ema")
         task.log_scores(metrics)
 
