@@ -1,8 +1,9 @@
 # ruff: noqa: TID253 - a benchmark script: torch and smp at module level are what it is about
 """Cost of the per-epoch prediction logging on full CamVid against one training epoch, in one process.
 
-The logging predicts `log_predictions.count` (4) val images at their full 480x360 and builds their W&B images;
-an epoch is 45 training steps of batch 8 at 352x480 (validation not counted: the share is an upper bound).
+The logging takes the predictions of `log_predictions.count` (4) val images at their full 480x360 from the
+validation step (no forward pass of its own) and builds their W&B images; an epoch is 45 training steps of
+batch 8 at 352x480 (validation not counted: the share is an upper bound).
 
     .venv/bin/python benchmarks/prediction_logging.py
 """
@@ -32,14 +33,11 @@ def main() -> None:
     samples = load_samples([Pair(path, ROOT / "val" / "labels" / path.name) for path in images], 3)
     model = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, classes=len(NAMES))
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    inputs = torch.randn(4, 3, 360, 480)
+    predicted = predictions(model.eval()(torch.randn(4, 3, 360, 480))).numpy()  # as the validation step made them
+    model.train()
     batch, target = torch.randn(8, 3, 352, 480), torch.randint(0, len(NAMES), (8, 352, 480))
 
     def log_predictions() -> None:
-        model.eval()
-        with torch.inference_mode():
-            predicted = predictions(model(inputs)).numpy()
-        model.train()
         shown = [Sample(s.name, s.image, s.mask, p, "epoch 1") for s, p in zip(samples, predicted, strict=True)]
         wandb_images(shown, NAMES, 11)
 

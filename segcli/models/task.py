@@ -75,16 +75,20 @@ class SegmentationTask(pl.LightningModule):
         self._accumulate("train", logits, masks, loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The batch's predicted classes (the images logged to W&B are taken from them)."""
         images, masks = batch
         logits = self(images)
-        self._accumulate("val", logits, masks, self.criterion(logits, masks))
+        return self._accumulate("val", logits, masks, self.criterion(logits, masks))
 
-    def _accumulate(self, stage: str, logits: torch.Tensor, masks: torch.Tensor, loss: torch.Tensor) -> None:
-        self.confusion[f"{stage}_matrix"].update(predictions(logits.detach()), masks)
+    def _accumulate(self, stage: str, logits: torch.Tensor, masks: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Scores the batch's predictions, and returns them."""
+        predicted = predictions(logits.detach())
+        self.confusion[f"{stage}_matrix"].update(predicted, masks)
         # train/* reach the logger from on_train_epoch_end itself (see there), not from Lightning's later flush.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(masks),
                  sync_dist=True, logger=stage != "train")  # fmt: skip
+        return predicted
 
     def _watch_for_divergence(self, loss: torch.Tensor) -> None:
         """Stop on a NaN/inf loss, before backward() on the CPU; on a GPU without a per-step synchronisation."""

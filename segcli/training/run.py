@@ -177,7 +177,7 @@ def _callbacks(
     if logger.mode != "disabled":  # pictures for W&B, which nothing else shows
         callbacks.append(TrainSamples(plan, seed=exp.seed))
         if exp.log_predictions.count:
-            callbacks.append(PredictionLogger.for_plan(plan, datasets["val"]))
+            callbacks.append(PredictionLogger(plan, datasets["val"]))
     return [*callbacks, *options.extra_callbacks], checkpoints, stop, average
 
 

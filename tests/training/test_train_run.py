@@ -185,6 +185,26 @@ def test_worst_images_are_ranked_by_their_own_scores(trained, tiny_dataset):
     assert [score.mIoU for score in evaluation.worst(2)] == pytest.approx([per_image[name] for name in expected])
 
 
+def test_the_predictions_logged_to_wandb_are_the_models_own(trained, tiny_dataset):
+    """Differential: the prediction logged after the last validation (taken from the validation step) is what
+    ckpt_latest.pth, the weights of that epoch, predicts for that image."""
+    from segcli.data.io import read_image
+    from tests.support import wandb_history
+
+    _, run_dir = trained
+    output = run_dir.path.parent.parent
+    row = [row for row in wandb_history(output) if "val/predictions/captions" in row][-1]
+    files = next((output / "wandb").glob("offline-run-*/files"))
+    predictor = open_model(run_dir.latest)
+    assert row["val/predictions/captions"] and len(row["val/predictions/captions"]) == 1  # log_predictions.count
+    for caption, masks in zip(row["val/predictions/captions"], row["val/predictions/all_masks"], strict=True):
+        name, epoch = caption.split(" epoch ")
+        assert epoch == "3"
+        logged = np.asarray(Image.open(files / masks["prediction"]["path"]))
+        expected = predictor.predict([read_image(tiny_dataset / "val" / "images" / name)])[0]
+        assert np.array_equal(logged, expected)
+
+
 def _ignore_everything_in(dataset: Path, split: str, copy_to: Path) -> Path:
     import shutil
 

@@ -2,23 +2,22 @@
 
 - `TrainSamples`: two seeded training samples with their masks, once, when the run's first epoch ends (the
   W&B run starts in the background and is not waited for before that).
-- `PredictionLogger`: a fixed, seeded set of validation images predicted after every `every` validations
-  and logged under the same key each time (W&B's step slider then shows them evolving), with the
-  prediction and the ground truth as two mask layers. The images are predicted in one extra batch after
-  validation; the measured cost is in BENCHMARKS.md.
+- `PredictionLogger`: a fixed, seeded set of validation images whose predictions are logged after every
+  `every` validations under the same key each time (W&B's step slider then shows them evolving), with the
+  prediction and the ground truth as two mask layers. The predictions are those the validation step made
+  and scored (no extra forward pass); under several processes the images are chosen among those the
+  first process validates.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 
 from segcli.data.dataset import SegmentationDataset, derived_seed
 from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import preview_pipeline
 from segcli.drawing.pictures import Sample
-from segcli.models.metrics import predictions
 from segcli.training.tracking import wandb_images
 
 SAMPLES_LOGGED = 2
@@ -40,37 +39,58 @@ class TrainSamples(pl.Callback):
 
 
 class PredictionLogger(pl.Callback):
-    def __init__(self, samples: list[Sample], inputs: torch.Tensor, every: int, class_names, ignore_index):
-        """`samples`: displayable images and their masks; `inputs`: the same images as the model's batch."""
-        self.samples, self.inputs, self.every = samples, inputs, every
-        self.class_names, self.ignore_index = class_names, ignore_index
+    """The chosen val images' predictions, taken from the validation steps that make them anyway."""
 
-    @classmethod
-    def for_plan(cls, plan, dataset: SegmentationDataset) -> PredictionLogger:
-        """`log_predictions.count` val images chosen by the seed, after the val transforms (epoch 0's draw)."""
-        exp = plan.experiment
-        chosen = choose_pairs(list(range(len(dataset))), exp.log_predictions.count, exp.seed)
-        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"])
-        samples, inputs = [], []
-        for index in chosen:
-            image, mask = dataset[(0, index)]
-            inputs.append(image)
-            preview.set_random_seed(derived_seed(exp.seed, 0, index))
-            shown = load_samples([dataset.pairs[index]], exp.model.in_channels, pipeline=preview,
-                                 label_lookup=plan.label_lookup)[0]  # fmt: skip
-            samples.append(Sample(shown.name, shown.image, mask.numpy().astype(np.int64)))
-        return cls(samples, torch.stack(inputs), exp.log_predictions.every, plan.class_names, exp.ignore_index)
+    def __init__(self, plan, dataset: SegmentationDataset):
+        self.plan, self.dataset = plan, dataset
+        self.every = plan.experiment.log_predictions.every
+        self.samples: dict[int, Sample] = {}
+        """Val index -> the image as shown (val transforms, no normalisation) and its mask."""
+        self._batches: list[list[int]] = []
+        self._predicted: dict[int, np.ndarray] = {}
 
-    @torch.inference_mode()
-    def on_validation_end(self, trainer: pl.Trainer, task) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every:
+    def _logs_this_epoch(self, trainer: pl.Trainer) -> bool:
+        return trainer.is_global_zero and (trainer.current_epoch + 1) % self.every == 0
+
+    def on_validation_start(self, trainer: pl.Trainer, task) -> None:
+        if not self._logs_this_epoch(trainer):
             return
-        was_training = task.training
-        task.eval()
-        predicted = predictions(task(self.inputs.to(task.device))).cpu().numpy()
-        task.train(was_training)
-        epoch = trainer.current_epoch + 1
-        samples = [Sample(s.name, s.image, s.mask, p, f"epoch {epoch}")
-                   for s, p in zip(self.samples, predicted, strict=True)]  # fmt: skip
-        images = wandb_images(samples, self.class_names, self.ignore_index)
+        loader = trainer.val_dataloaders
+        order = [index for _, index in loader.sampler]  # this process's share of the val split, in order
+        self._batches = [order[start : start + loader.batch_size] for start in range(0, len(order), loader.batch_size)]
+        self._predicted = {}
+        if not self.samples:  # chosen among the images this process validates (all of them in one process)
+            self.samples = self._load(choose_pairs(order, self.plan.experiment.log_predictions.count,
+                                                   self.plan.experiment.seed))  # fmt: skip
+
+    def _load(self, chosen: list[int]) -> dict[int, Sample]:
+        """The chosen images after the val transforms (epoch 0's draw), shown without the normalisation."""
+        plan, exp = self.plan, self.plan.experiment
+        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"])
+        samples = {}
+        for index in chosen:
+            _, mask = self.dataset[(0, index)]
+            preview.set_random_seed(derived_seed(exp.seed, 0, index))
+            shown = load_samples([self.dataset.pairs[index]], exp.model.in_channels, pipeline=preview,
+                                 label_lookup=plan.label_lookup)[0]  # fmt: skip
+            samples[index] = Sample(shown.name, shown.image, mask.numpy().astype(np.int64))
+        return samples
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, task, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:  # fmt: skip
+        """`outputs`: the batch's predicted classes, as the validation step scored them."""
+        if not self._logs_this_epoch(trainer):
+            return
+        for row, index in enumerate(self._batches[batch_idx]):
+            if index in self.samples:
+                self._predicted[index] = outputs[row].cpu().numpy()
+
+    def on_validation_end(self, trainer: pl.Trainer, task) -> None:
+        if not self._logs_this_epoch(trainer) or not self._predicted:
+            return
+        caption = f"epoch {trainer.current_epoch + 1}"
+        samples = [Sample(shown.name, shown.image, shown.mask, self._predicted[index], caption)
+                   for index, shown in self.samples.items() if index in self._predicted]  # fmt: skip
+        exp = self.plan.experiment
+        images = wandb_images(samples, self.plan.class_names, exp.ignore_index)
         trainer.logger.experiment.log({KEY: images, "trainer/global_step": trainer.global_step})
