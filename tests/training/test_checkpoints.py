@@ -104,6 +104,25 @@ def test_the_epoch_training_ends_at_leaves_its_pictures_to_the_final_report(task
     assert requests == [False, False, True, True]
 
 
+def test_the_state_is_written_without_zip_checksums_and_the_weights_with_them(task, tmp_path):
+    """The CRC-32s are a third of torch.save's CPU time and torch.load never checks them: the training state, read
+    by segcli alone, goes without; the .pth files users copy, unzip and share keep them."""
+    import zipfile
+
+    from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO
+
+    run_dir, writer = RunDir(tmp_path), BackgroundWriter()
+    _callback(task, run_dir, writer).on_train_epoch_end(_trainer(0, 0.5), task)
+    io = BackgroundCheckpointIO(writer)
+    io.save_checkpoint({"state_dict": task.model.state_dict(), "epoch": 1}, run_dir.state)
+    writer.close()
+    assert zipfile.ZipFile(run_dir.latest).testzip() is None
+    assert zipfile.ZipFile(run_dir.state).testzip() is not None  # a record whose CRC-32 was not computed
+    state = io.load_checkpoint(run_dir.state)
+    assert all(torch.equal(state["state_dict"][key], value) for key, value in task.model.state_dict().items())
+    assert torch.serialization.get_crc32_options()  # the process-wide switch is back on
+
+
 def test_checkpoint_metadata_loads_with_weights_only(task, tmp_path):
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
     _callback(task, run_dir, writer).on_train_epoch_end(_trainer(0, 0.5), task)
@@ -146,7 +165,7 @@ def test_a_state_snapshot_reuses_the_memory_of_the_last_one_written_never_of_one
 
     writing, gate, written = threading.Event(), threading.Event(), []
 
-    def save(payload, path) -> None:
+    def save(payload, path, checksums: bool = True) -> None:
         writing.set()
         gate.wait(timeout=30)
         written.append((payload["w"].data_ptr(), payload["w"].tolist()))
