@@ -114,11 +114,11 @@ class EpochSampler(Sampler):
     scored exactly once and the summed confusion matrix equals the single-process one.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, epoch: int = 0):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
-        self.epoch = 0
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -19,14 +19,16 @@ def make_datasets(plan: Plan) -> dict[str, SegmentationDataset]:
     return datasets
 
 
-def make_loaders(plan: Plan, datasets: dict[str, SegmentationDataset]) -> dict[str, DataLoader]:
+def make_loaders(plan: Plan, datasets: dict[str, SegmentationDataset], epoch: int = 0) -> dict[str, DataLoader]:
+    """`epoch` (0-based): the one training starts at. Lightning makes the train iterator, whose workers start
+    prefetching, before it tells the sampler the epoch: a resumed run's first batches must not be epoch 0's."""
     exp, workers = plan.experiment, plan.workers
     loaders = {}
     for split, dataset in datasets.items():
         loaders[split] = DataLoader(
             dataset,
             batch_size=exp.batch_size,
-            sampler=EpochSampler(len(dataset), exp.seed, shuffle=split == "train"),
+            sampler=EpochSampler(len(dataset), exp.seed, shuffle=split == "train", epoch=epoch),
             drop_last=split == "train" and len(dataset) > exp.batch_size,  # no 1-image BatchNorm batch
             num_workers=workers,
             pin_memory=plan.accelerator == "gpu",

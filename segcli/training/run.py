@@ -72,10 +72,11 @@ class RunOptions:
         return RunDir(self.run_dir or self.output_dir / "checkpoints" / self.run_name)
 
 
-def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) -> Path | None:
-    """The state file to continue from, after checking it belongs to this model; None for a fresh run."""
+def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) -> tuple[Path | None, int]:
+    """The state file to continue from, after checking it belongs to this model, and the epochs it completed;
+    (None, 0) for a fresh run."""
     if options.resume_from is None and not options.resume:
-        return None
+        return None, 0
     state = options.resume_from or run_dir.state
     if not state.is_file():
         if options.resume_from is None and run_dir.has_checkpoints():
@@ -87,8 +88,7 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
             f"no training state at {state} to resume from; start the run without --resume"
             + ("" if options.resume_from else f" (or check --output-dir: looked in {run_dir.path})")
         )
-    check_resume_state(state, experiment)
-    return state
+    return state, check_resume_state(state, experiment)
 
 
 def _prepare_run_dir(run_dir: RunDir, overwrite: bool, resuming: bool) -> None:
@@ -185,7 +185,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     """Check everything, train (or continue) the run, and return where its files are and what was measured."""
     started = time.monotonic()
     run_dir = options.folder
-    resume_from = _resume_point(options, run_dir, experiment)
+    resume_from, epochs_done = _resume_point(options, run_dir, experiment)
     record = RunRecord.read(run_dir) if resume_from else None
     if record and record.finished and options.resume_from is None and record.epochs_completed >= experiment.max_epochs:
         return TrainResult.finished(options.run_name, run_dir, record)
@@ -216,7 +216,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         if lead:
             record.write(run_dir)
         datasets = make_datasets(plan)
-        loaders = make_loaders(plan, datasets)
+        loaders = make_loaders(plan, datasets, epoch=epochs_done)
         # W&B's start runs `git` in subprocesses: a DataLoader worker forked meanwhile would inherit the pipe
         # Python waits on to see `git` start, and the run would never come (a hang). Workers fork in fit.
         logger.wait_for_run()
