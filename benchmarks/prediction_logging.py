@@ -33,7 +33,8 @@ def main() -> None:
     samples = load_samples([Pair(path, ROOT / "val" / "labels" / path.name) for path in images], 3)
     model = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, classes=len(NAMES))
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    predicted = predictions(model.eval()(torch.randn(4, 3, 360, 480))).numpy()  # as the validation step made them
+    with torch.inference_mode():  # the predictions as the validation step made them
+        predicted = predictions(model.eval()(torch.randn(4, 3, 360, 480))).numpy()
     model.train()
     batch, target = torch.randn(8, 3, 352, 480), torch.randint(0, len(NAMES), (8, 352, 480))
 

@@ -91,6 +91,5 @@ class PredictionLogger(pl.Callback):
         caption = f"epoch {trainer.current_epoch + 1}"
         samples = [Sample(shown.name, shown.image, shown.mask, self._predicted[index], caption)
                    for index, shown in self.samples.items() if index in self._predicted]  # fmt: skip
-        exp = self.plan.experiment
-        images = wandb_images(samples, self.plan.class_names, exp.ignore_index)
+        images = wandb_images(samples, self.plan.class_names, self.plan.experiment.ignore_index)
         trainer.logger.experiment.log({KEY: images, "trainer/global_step": trainer.global_step})
