@@ -191,6 +191,9 @@ class Experiment(StrictModel):
     average: AverageConfig | None = Field(default_factory=AverageConfig)
     ema: EmaConfig | None = None
     log_predictions: PredictionLogging = Field(default_factory=PredictionLogging)
+    state_every_seconds: float = Field(60.0, ge=0)
+    """state_latest.ckpt (for --resume) is written at an epoch's end once this long has passed since the last
+    one (0: every epoch), and always at the epoch training stops at. A kill loses at most about this much."""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
     early_stopping: EarlyStoppingConfig | None = None

@@ -160,7 +160,8 @@ def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = RunDir(Path(scratch))
         checkpoints = RunCheckpoints(run_dir=run_dir, writer=writer, info=plan.info, run_name="benchmark",
-                                     record=RunRecord("benchmark"), monitor=exp.monitor)  # fmt: skip
+                                     record=RunRecord("benchmark"), monitor=exp.monitor,
+                                     state_every=exp.state_every_seconds)  # fmt: skip
         trainer = build_trainer(
             plan,
             logger=CSVLogger(scratch),

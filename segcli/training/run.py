@@ -81,8 +81,9 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
     if not state.is_file():
         if options.resume_from is None and run_dir.has_checkpoints():
             raise CheckpointError(
-                f"no training state at {state} to resume from: the run stopped before it saved one (a full "
-                "disk?); start it again with --overwrite"
+                f"no training state at {state} to resume from: the run stopped before it saved one (one is saved "
+                f"every {experiment.state_every_seconds:g} s, `state_every_seconds`, and when training stops; or "
+                "a full disk?); start it again with --overwrite"
             )
         raise CheckpointError(
             f"no training state at {state} to resume from; start the run without --resume"
@@ -163,6 +164,7 @@ def _callbacks(
         run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
         monitor=exp.monitor, ema=ema, report=report, sync=lambda path: sync_file_live(logger.experiment, path),
         on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
+        state_every=exp.state_every_seconds,
     )  # fmt: skip
     stop = GracefulStop(options.on_stop_request)
     callbacks: list[pl.Callback] = [stop, RngState(), checkpoints, *([ema] if ema else [])]

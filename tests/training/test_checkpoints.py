@@ -35,6 +35,7 @@ def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool 
         should_stop=should_stop,
         global_step=10 * (epoch + 1),
         is_global_zero=True,
+        world_size=1,
         optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])],
         lr_scheduler_configs=[],
         save_checkpoint=saved.append,
@@ -42,13 +43,13 @@ def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool 
     )
 
 
-def _callback(task, run_dir: RunDir, writer: BackgroundWriter, monitor: str = "val/mIoU"):
+def _callback(task, run_dir: RunDir, writer: BackgroundWriter, monitor: str = "val/mIoU", state_every: float = 0.0):
     from segcli.artifacts import ModelInfo
     from segcli.training.callbacks.checkpoints import RunCheckpoints
 
     info = ModelInfo("unet", "resnet18", 3, 3, CLASSES, None, IMAGENET, 32)
     return RunCheckpoints(run_dir=run_dir, writer=writer, info=info, run_name="my-run", record=RunRecord("my-run"),
-                          monitor=MonitorConfig(metric=monitor))  # fmt: skip
+                          monitor=MonitorConfig(metric=monitor), state_every=state_every)  # fmt: skip
 
 
 def _snapshot(module) -> dict[str, torch.Tensor]:
@@ -102,6 +103,35 @@ def test_the_epoch_training_ends_at_leaves_its_pictures_to_the_final_report(task
     callback.on_train_epoch_end(_trainer(3, 0.5, max_epochs=10, should_stop=True), task)
     writer.close()
     assert requests == [False, False, True, True]
+
+
+def test_the_state_is_written_once_state_every_seconds_have_passed_and_at_the_epoch_training_stops_at(
+    task, tmp_path, monkeypatch
+):
+    """README: state_latest.ckpt at an epoch's end once `state_every_seconds` have passed since the last one, and
+    always at the epoch training stops at (max_epochs reached, or early stopping / Ctrl-C asked to stop); the
+    .pth files and run.json every epoch."""
+    from segcli.training.callbacks import checkpoints
+
+    now = [1000.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: now[0])
+    run_dir, writer = RunDir(tmp_path), BackgroundWriter()
+    callback = _callback(task, run_dir, writer, state_every=60.0)
+    saved = []
+    for epoch, seconds, should_stop in [(0, 1020, False), (1, 1061, False), (2, 1100, False), (3, 1110, True)]:
+        now[0] = seconds
+        trainer = _trainer(epoch, 0.5, max_epochs=10, should_stop=should_stop)
+        callback.on_train_epoch_end(trainer, task)
+        saved.append(bool(trainer.saved))
+        writer.wait()
+        assert RunRecord.read(run_dir).epochs_completed == epoch + 1
+        assert read_checkpoint(run_dir.latest).epoch == epoch + 1
+    assert saved == [False, True, False, True]  # 20 s, 61 s, 39 s after the last write; then the stop
+    now[0] = 1111
+    trainer = _trainer(9, 0.5, max_epochs=10)  # the last epoch, 1 s after the previous write
+    callback.on_train_epoch_end(trainer, task)
+    writer.close()
+    assert trainer.saved == [run_dir.state]
 
 
 def test_the_state_is_written_without_zip_checksums_and_the_weights_with_them(task, tmp_path):

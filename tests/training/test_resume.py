@@ -33,10 +33,13 @@ defaults:
   average: {start_epoch: 3}
   early_stopping: {monitor: val/mIoU, patience: 5}
   log_predictions: {count: 2, worst: 0}
+  state_every_seconds: 0  # a state every epoch: the kills below resume from the epoch before them
 experiments:
   exp: {}
   workers:
     num_workers: 2
+  sparse:
+    state_every_seconds: 3600
   stops:
     early_stopping: {monitor: val/mIoU, patience: 1, min_delta: 0.9}
   diverge:
@@ -168,6 +171,27 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(config, tiny_dataset, i
 
     again = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_between_states_a_kill_leaves_nothing_to_resume_and_the_last_epoch_always_writes_one(
+    config, tiny_dataset, in_tmp_cwd
+):
+    """README: the state is written once `state_every_seconds` have passed, and always at the epoch training stops
+    at; a run killed before its first state has nothing to continue from, and the error says why and what to do."""
+    output = in_tmp_cwd / "out"
+    run_dir = output / "checkpoints" / "tiny-sparse"
+    args = _args(config, tiny_dataset, output, experiment="sparse")
+    process = _start(args, in_tmp_cwd)
+    _wait_for_epochs(run_dir, 2, process)
+    process.kill()
+    process.wait()
+    assert (run_dir / "ckpt_latest.pth").exists() and not (run_dir / "state_latest.ckpt").exists()
+    resumed = run_segcli(*args, "--resume", cwd=in_tmp_cwd)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "every 3600 s, `state_every_seconds`" in resumed.stderr and "--overwrite" in resumed.stderr
+    finished = run_segcli(*args, "--overwrite", "--max-epochs", "2", cwd=in_tmp_cwd)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert _state(output, "tiny-sparse")["epoch"] == 1  # the last epoch's state (0-based), 3600 s notwithstanding
 
 
 def test_reduce_on_plateau_trains_and_halves_the_rate(clean_run):

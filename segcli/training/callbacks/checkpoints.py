@@ -1,5 +1,5 @@
 """The end of every epoch, once every other callback has finished it: history, best epoch, the `.pth` files,
-the run report and the full training state.
+the run report and the full training state (at most every `state_every_seconds`, and at the last epoch).
 
 `RunCheckpoints` is a Lightning `Checkpoint`, so Lightning runs its `on_train_epoch_end` last: after
 EarlyStopping has counted the epoch and after the module has logged the epoch's train metrics. The state
@@ -103,6 +103,7 @@ class RunCheckpoints(Checkpoint):
         on_epoch: Callable[[EpochRow, pl.Trainer], None] | None = None,
         report=None,
         sync: Callable[[Path], None] | None = None,
+        state_every: float = 0.0,
     ):
         self.run_dir = run_dir
         self.writer = writer
@@ -123,12 +124,16 @@ class RunCheckpoints(Checkpoint):
         self.history: list[EpochRow] = []
         self.plateau_metric: float | None = None
         self._latest_on_disk: int | None = None  # epoch of the ckpt_latest.pth the writer wrote last
+        self.state_every = state_every
+        """Seconds between two writes of the training state (0: every epoch); see `_state_due`."""
+        self._state_written = time.monotonic()
         self._epoch_started = time.monotonic()
 
     # --- per epoch --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._replay_plateau_step(trainer)
+        self._state_written = time.monotonic()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._epoch_started = time.monotonic()
@@ -147,17 +152,29 @@ class RunCheckpoints(Checkpoint):
             if task.last_val_matrix is not None and not self.monitor.metric.startswith("val_ema/"):
                 self.best_matrix = task.last_val_matrix.tolist()
         self.plateau_metric = self._plateau_value(trainer, metrics)
+        last = trainer.should_stop or 0 < trainer.max_epochs <= epoch  # early stopping and Ctrl-C set should_stop
         if trainer.is_global_zero:
             self._write_weights(trainer, task, epoch, metrics, improved)
             if self.report is not None:  # the epoch training ends at is drawn by the final report
-                self.report.submit(self, last=trainer.should_stop or 0 < trainer.max_epochs <= epoch)
-        trainer.save_checkpoint(self.run_dir.state)  # every rank calls it (a barrier); rank 0 writes
+                self.report.submit(self, last=last)
+        if self._state_due(trainer, last):
+            trainer.save_checkpoint(self.run_dir.state)  # every rank calls it (a barrier); rank 0 writes
+            self._state_written = time.monotonic()
         if trainer.is_global_zero:
             self.record.epochs_completed = epoch
             self.record.report = report_details(self, task.class_names)
             record = RunRecord(**vars(self.record))
             self.writer.submit(self.run_dir.record, lambda: record.write(self.run_dir))
             self.on_epoch(row, trainer)
+
+    def _state_due(self, trainer: pl.Trainer, last: bool) -> bool:
+        """The training state is 230 MB for a Unet/resnet18: written after every epoch of a few seconds, it takes a
+        tenth of the CPU time training wants. It is written when `state_every` has passed since the last write,
+        and always at the epoch training stops at (max_epochs, early stopping, Ctrl-C), which a resume or an
+        extension continues from."""
+        due = last or time.monotonic() - self._state_written >= self.state_every
+        # The processes' clocks differ; saving is a barrier every process must reach: rank 0 decides.
+        return trainer.strategy.broadcast(due) if trainer.world_size > 1 else due
 
     def _is_better(self, score: float) -> bool:
         if math.isnan(score):
