@@ -98,18 +98,41 @@ def build_model(info: ModelInfo, state_dict: dict[str, torch.Tensor] | None, whe
             classes=info.classes,
             params=info.model_params,
         )
-        model = create_model(config)
+        model = None if state_dict is None else _skeleton(config)
+        model = model or create_model(config)
     except (ConfigError, ValueError) as exc:
         raise CheckpointError(f"{where}: cannot rebuild the model it describes: {exc}") from None
     if state_dict is not None:
         try:
-            model.load_state_dict(state_dict)
+            model.load_state_dict(state_dict, assign=_is_skeleton(model))
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:300]
             raise CheckpointError(
                 f"{where}: the weights do not fit {info.arch}/{info.encoder_name}: {detail}"
             ) from None
     return model.eval()
+
+
+def _skeleton(config: ModelConfig) -> torch.nn.Module | None:
+    """The model without storage or initialised weights (on the meta device), for weights that replace them all:
+    drawing random start weights costs more than loading a checkpoint (0.3 s of 0.45 s for a Unet/resnet18).
+    None where that does not work: a model that reads tensor values while being built, or that keeps tensors
+    outside its state dict (non-persistent buffers), is built the ordinary way."""
+    try:
+        with torch.device("meta"):
+            model = create_model(config)
+    except (NotImplementedError, RuntimeError):
+        return None
+    saved = {id(tensor) for tensor in model.state_dict(keep_vars=True).values()}
+    if any(id(tensor) not in saved for tensor in [*model.parameters(), *model.buffers()]):
+        return None
+    if any(isinstance(value, torch.Tensor) for module in model.modules() for value in vars(module).values()):
+        return None  # a tensor kept as a plain attribute: neither registered nor saved
+    return model
+
+
+def _is_skeleton(model: torch.nn.Module) -> bool:
+    return any(parameter.is_meta for parameter in model.parameters())
 
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:

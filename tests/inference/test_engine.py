@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from segcli.artifacts import ModelInfo
@@ -218,6 +219,41 @@ def test_checkpoint_predicts_masks_of_any_input_size(checkpoints, arch):
 
 def test_a_run_folder_means_its_best_checkpoint(checkpoints):
     assert resolve_model_path(checkpoints["unet"].parent) == checkpoints["unet"]
+
+
+@pytest.mark.parametrize("arch", ["unet", "fpn"])
+def test_a_loaded_checkpoint_is_the_saved_model_whatever_it_was_built_from(checkpoints, arch):
+    """The model is built on the meta device (no random start weights: the checkpoint replaces them all): it must
+    hold the saved tensors, nothing left on the meta device, and predict what the ordinarily built model does."""
+    model, _ = load_checkpoint_model(checkpoints[arch])
+    saved = torch.load(checkpoints[arch], weights_only=True)["state_dict"]
+    assert not any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
+    assert all(parameter.requires_grad for parameter in model.parameters()) and not model.training
+    ordinary = smp.create_model(arch, encoder_name="resnet18", encoder_weights=None, classes=4).eval()
+    ordinary.load_state_dict(saved)
+    batch = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), ordinary(batch), rtol=0, atol=0)
+
+
+def test_a_model_with_tensors_outside_its_state_dict_is_built_the_ordinary_way(checkpoints, monkeypatch):
+    """Non-persistent buffers (timm's relative-position tables) are not in a checkpoint: on the meta device they
+    would stay empty, so such a model gets its ordinary construction."""
+    from segcli.inference import loading
+
+    real = loading.create_model
+
+    def with_a_table(config):
+        model = real(config)
+        model.register_buffer("table", torch.arange(6.0), persistent=False)
+        return model
+
+    monkeypatch.setattr(loading, "create_model", with_a_table)
+    model, _ = load_checkpoint_model(checkpoints["unet"])
+    assert torch.equal(model.table, torch.arange(6.0))
+    assert not any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
 
 
 def test_loading_errors_are_clear(tmp_path):
