@@ -124,3 +124,35 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     assert epoch(6, best=True) == {"metrics.csv"}
     assert epoch(7, best=False, final=True) == everything
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "case", ["wild first loss", "cosine to 1e-6", "constant lr", "large losses", "200 epochs", "one epoch"]
+)
+def test_results_chart_keeps_every_label_inside_the_picture_and_off_the_other_panels(case):
+    """results.png has fixed margins (no layout engine): tick labels, titles and legends must still fit."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from segcli.drawing.charts import results_chart
+
+    epochs = 200 if case == "200 epochs" else 1 if case == "one epoch" else 12
+    rows = []
+    for e in range(1, epochs + 1):
+        loss = {"wild first loss": 700.0 if e == 1 else 2.0 / e, "large losses": 12345.6 / e}.get(case, 2.0 / e)
+        lr = 1e-3 * (1e-3 ** ((e - 1) / max(epochs - 1, 1))) if case == "cosine to 1e-6" else 1e-3
+        rows.append({"epoch": e, "train/loss": loss, "val/loss": loss * 1.1, "val_ema/loss": loss, "lr": lr,
+                     **{f"{stage}/{metric}": 0.8 * e / epochs for stage in ("train", "val", "val_ema")
+                        for metric in ("mIoU", "mDCC")}})  # fmt: skip
+    figure = results_chart(rows, epochs, f"camvid-mini-set050eb6: {epochs} epochs, best epoch {epochs} by val/mIoU",
+                           {"val_avg/mIoU": 0.5, "val_avg/mDCC": 0.6, "val_avg/loss": 1.0})  # fmt: skip
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    inside = figure.bbox.padded(1)
+    # An axes' tight box: what it draws (tick labels, offset text, title, axis label, legend).
+    boxes = [ax.get_tightbbox(renderer) for ax in figure.axes] + [figure._suptitle.get_window_extent(renderer)]
+    for box in boxes:
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (case, box)
+    for i, one in enumerate(boxes):
+        for other in boxes[i + 1 :]:
+            assert not one.overlaps(other), (case, one, other)
