@@ -36,7 +36,7 @@ def results_chart(
     SWA average's scores (`val_avg/*`, measured once at the end) as a star at the last epoch."""
     average = average or {}
     figure = Figure(figsize=(11, 7))
-    # Fixed margins instead of a layout engine, whose measuring pass was half of the chart's drawing time (0.35 s
+    # Fixed margins instead of a layout engine, whose measuring pass was half of the chart's drawing time (0.4 s
     # here, drawn at the end of a run and every 30 s during it); wide enough for tick labels such as 0.00100.
     axes = figure.subplots(2, 2, gridspec_kw={"left": 0.065, "right": 0.985, "bottom": 0.075, "top": 0.885,
                                               "wspace": 0.17, "hspace": 0.34})  # fmt: skip
