@@ -113,6 +113,7 @@ def test_the_state_is_written_once_state_every_seconds_have_passed_and_at_the_ep
     .pth files and run.json every epoch."""
     from segcli.training.callbacks import checkpoints
 
+    assert task.experiment.state_every_seconds == 60.0  # README's default
     now = [1000.0]
     monkeypatch.setattr(checkpoints.time, "monotonic", lambda: now[0])
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
