@@ -98,13 +98,13 @@ def build_model(info: ModelInfo, state_dict: dict[str, torch.Tensor] | None, whe
             classes=info.classes,
             params=info.model_params,
         )
-        model = None if state_dict is None else _skeleton(config)
-        model = model or create_model(config)
+        skeleton = _skeleton(config) if state_dict is not None else None
+        model = skeleton if skeleton is not None else create_model(config)
     except (ConfigError, ValueError) as exc:
         raise CheckpointError(f"{where}: cannot rebuild the model it describes: {exc}") from None
     if state_dict is not None:
         try:
-            model.load_state_dict(state_dict, assign=_is_skeleton(model))
+            model.load_state_dict(state_dict, assign=skeleton is not None)  # the skeleton takes the saved tensors
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:300]
             raise CheckpointError(
@@ -129,10 +129,6 @@ def _skeleton(config: ModelConfig) -> torch.nn.Module | None:
     if any(isinstance(value, torch.Tensor) for module in model.modules() for value in vars(module).values()):
         return None  # a tensor kept as a plain attribute: neither registered nor saved
     return model
-
-
-def _is_skeleton(model: torch.nn.Module) -> bool:
-    return any(parameter.is_meta for parameter in model.parameters())
 
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:

@@ -81,9 +81,9 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
     if not state.is_file():
         if options.resume_from is None and run_dir.has_checkpoints():
             raise CheckpointError(
-                f"no training state at {state} to resume from: the run stopped before it saved one (one is saved "
-                f"every {experiment.state_every_seconds:g} s, `state_every_seconds`, and when training stops; or "
-                "a full disk?); start it again with --overwrite"
+                f"no training state at {state} to resume from: the run stopped before it saved one (it is saved "
+                f"when training stops and, before that, every {experiment.state_every_seconds:g} s: "
+                "`state_every_seconds`; or the disk was full); start it again with --overwrite"
             )
         raise CheckpointError(
             f"no training state at {state} to resume from; start the run without --resume"

@@ -188,7 +188,7 @@ def test_between_states_a_kill_leaves_nothing_to_resume_and_the_last_epoch_alway
     assert (run_dir / "ckpt_latest.pth").exists() and not (run_dir / "state_latest.ckpt").exists()
     resumed = run_segcli(*args, "--resume", cwd=in_tmp_cwd)
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
-    assert "every 3600 s, `state_every_seconds`" in resumed.stderr and "--overwrite" in resumed.stderr
+    assert "every 3600 s: `state_every_seconds`" in resumed.stderr and "--overwrite" in resumed.stderr
     finished = run_segcli(*args, "--overwrite", "--max-epochs", "2", cwd=in_tmp_cwd)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert _state(output, "tiny-sparse")["epoch"] == 1  # the last epoch's state (0-based), 3600 s notwithstanding
