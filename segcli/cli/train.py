@@ -241,6 +241,8 @@ def _print_summary(result, class_names: list[str]) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("epochs run", f"{result.epochs_run}" + (" (early stop)" if result.stopped_early else ""))
+    if result.resumed_from is not None:
+        table.add_row("resumed", f"after epoch {result.resumed_after}, from {result.resumed_from}")
     table.add_row("best epoch", "-" if result.best_epoch is None else str(result.best_epoch))
     table.add_row("best val/mIoU", fmt(best.get("val/mIoU")))
     table.add_row("best val/mDCC", fmt(best.get("val/mDCC")))

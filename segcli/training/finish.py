@@ -38,6 +38,8 @@ class TrainResult:
     report_files: list[Path] = field(default_factory=list)
     interrupted: bool = False
     resumed_from: Path | None = None
+    resumed_after: int = 0
+    """The epochs the state resumed from had completed (later epochs of a killed run are trained again)."""
     finished_before: bool = False
     primary: bool = True
     """False in the extra processes of a multi-process run: they report nothing."""

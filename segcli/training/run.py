@@ -237,5 +237,5 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     writer.close()
     logger.close()
     result.seconds = time.monotonic() - started
-    result.resumed_from = resume_from
+    result.resumed_from, result.resumed_after = resume_from, epochs_done
     return result

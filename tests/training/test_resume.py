@@ -156,8 +156,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(config, tiny_dataset, i
     record = json.loads((run_dir / "run.json").read_text())
     assert not record["finished"] and record["epochs_completed"] < 5, "the kill came too late to test a resume"
 
+    state_epochs = _state(output)["epoch"] + 1
     resumed = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {state_epochs}, from " in resumed.stdout  # the summary says where it continued
     _assert_same_run(output, clean_run)
     after = json.loads((run_dir / "run.json").read_text())
     assert after["finished"] and after["wandb_id"] == record["wandb_id"]  # the same W&B run continues
