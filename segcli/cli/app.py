@@ -24,6 +24,7 @@ from segcli.cli import (
     validate_dataset,
 )
 from segcli.config.env import apply_offline_switches
+from segcli.deferred_imports import defer_scipy_signal
 from segcli.errors import SegcliError
 
 
@@ -78,6 +79,7 @@ for command_name, command in COMMANDS.items():
 def main() -> None:
     """Run the app: a SegcliError becomes one `error:` line and its exit code; bugs keep their traceback."""
     apply_offline_switches()
+    defer_scipy_signal()
     try:
         app()
     except SegcliError as exc:
