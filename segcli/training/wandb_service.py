@@ -5,8 +5,9 @@ Lightning import on the main one, so the run itself starts in a fraction of a se
 passed. The run, and with it any file in the output folder, still waits for the checks.
 
 `wandb.init` imports W&B's launch modules, whose pydantic models read their docstrings by searching
-`sys.modules` once per frame: about 0.15 s before torch is imported, over a second (on the run's critical path)
-after it. The service thread imports them first.
+`sys.modules` once per frame: about 0.15 s before torch is imported, 1.4 s of CPU after it. They are imported
+on the calling thread, before torch: on a thread of their own they raced torch's import for the interpreter
+lock and lost, paying the 1.4 s on the run's critical path. W&B itself is imported by smp (through timm) anyway.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def start_service(mode: str) -> None:
     if mode == "disabled" or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
         return
     quiet_wandb()
+    try:
+        import wandb.sdk.launch.inputs.internal  # noqa: F401 - before torch: see the module docstring
+    except Exception:  # noqa: BLE001 - the run's own start reports (or works around) what went wrong
+        return
     threading.Thread(target=_setup, name="segcli-wandb-service", daemon=True).start()
 
 
 def _setup() -> None:
     try:
         import wandb
-        import wandb.sdk.launch.inputs.internal  # noqa: F401 - imported before torch: see the module docstring
 
         wandb.setup()
-    except Exception:  # noqa: BLE001 - the run's own start reports (or works around) what went wrong
+    except Exception:  # noqa: BLE001 - as above
         pass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from segcli.errors import ConfigError
 from segcli.training import preflight, tracking
 from segcli.training.wandb_service import wandb_mode
 from tests.inference.support import IMAGENET
+from tests.support import REPO
 
 
 @pytest.mark.parametrize(
@@ -111,6 +115,20 @@ def test_wandb_gets_an_absolute_folder(in_tmp_cwd, monkeypatch):
     logger = tracking.start_logger(project="p", name="n", run_id="r", save_dir=Path("out"), mode="offline", config={})
     assert logger.experiment is not None  # waits for the background start
     assert received["dir"] == str(in_tmp_cwd / "out") and Path(logger.save_dir).is_absolute()
+
+
+def test_wandbs_launch_modules_are_imported_before_torch_on_the_calling_thread():
+    """After torch they cost 1.4 s of CPU; on a thread of their own they raced torch's import and paid it."""
+    probe = (
+        "import sys\n"
+        "from segcli.training import wandb_service\n"
+        "wandb_service._setup = lambda: None\n"
+        "wandb_service.start_service('offline')\n"
+        "print('IMPORTED', 'wandb.sdk.launch.inputs.internal' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "LOCAL_RANK": "0", "NODE_RANK": "0"})  # fmt: skip
+    assert "IMPORTED True False" in result.stdout, result.stdout + result.stderr
 
 
 def test_the_wandb_service_starts_early_unless_disabled_or_another_process(monkeypatch):
