@@ -55,12 +55,18 @@ def _stand_in() -> types.ModuleType | None:
 
 
 class _WhileImporting(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when torchmetrics is about to be imported, has its import run with the stand-in."""
+    """Finds nothing itself: when torchmetrics is about to be imported, has its import run with the stand-in.
+
+    It stays in `sys.meta_path` (removing it could make another thread's import, iterating the list, skip the
+    next finder) and steps aside after that one import."""
+
+    def __init__(self) -> None:
+        self.pending = True
 
     def find_spec(self, name, path, target=None):
-        if name != IMPORTED_BY:
+        if name != IMPORTED_BY or not self.pending:
             return None
-        sys.meta_path.remove(self)  # once: the import below must not come back here
+        self.pending = False  # once (the module's import lock lets one thread here); the lookup below skips it
         spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None or DEFERRED in sys.modules:
             return spec
