@@ -23,6 +23,7 @@ from segcli.cli import (
     train,
     validate_dataset,
 )
+from segcli.cli.common import full_collections_deferred
 from segcli.config.env import apply_offline_switches
 from segcli.deferred_imports import defer_scipy_signal
 from segcli.errors import SegcliError
@@ -81,7 +82,8 @@ def main() -> None:
     apply_offline_switches()
     defer_scipy_signal()
     try:
-        app()
+        with full_collections_deferred():
+            app()
     except SegcliError as exc:
         if os.environ.get("SEGCLI_DEBUG"):
             traceback.print_exc()  # then the same line and exit code as without it

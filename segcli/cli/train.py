@@ -18,6 +18,7 @@ from segcli.cli.common import (
     OfflineOpt,
     duration,
     fmt,
+    start_up_done,
     stdout_console,
 )
 
@@ -106,6 +107,9 @@ def train(
         start_service(wandb_mode(offline))  # while torch and Lightning import
 
     from segcli.training.run import RunOptions
+    from segcli.training.run import train as run_training
+
+    start_up_done()
 
     def options_for(name: str) -> RunOptions:
         return RunOptions(
@@ -125,8 +129,6 @@ def train(
         result = train_folds(resolved[name], options_for(name), folds=folds, source=folds_from, groups=fold_groups)
         _print_folds(result, class_names)
         return
-
-    from segcli.training.run import train as run_training
 
     if len(names) == 1:
         _report(run_training(resolved[names[0]], options_for(names[0])), class_names)
