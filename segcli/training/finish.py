@@ -110,12 +110,12 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     )
     if not lead:
         return result
+    if checkpoints.report is not None:  # the curves, with the average's star, drawn while the worst images are found
+        checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
     evaluation = None
     count = exp.log_predictions.worst
     if count and run_dir.best.is_file() and not stop.requested:
         evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
-    if checkpoints.report is not None:  # every picture up to date, with the average's star when there is one
-        checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
     run = logger.wait_for_run()
     if logger.mode != "disabled":
         _log_to_wandb(run, plan, checkpoints, evaluation)

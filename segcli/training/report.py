@@ -85,10 +85,10 @@ class RunReport:
     """Queues the report's files after every epoch (the newest request replaces one not yet started).
 
     Drawing costs about a second of CPU that training wants too (more on a busy machine), so the pictures
-    are redrawn at most every REDRAW_SECONDS (results.png, and the best epoch's pictures when it changed), and
-    all of them once more when training ends (`final`); metrics.csv is written every epoch. The epoch training
-    ends at (`last`) draws nothing itself: the final drawing follows it within seconds. A run shorter than
-    REDRAW_SECONDS draws its pictures once, at the end.
+    are redrawn at most every REDRAW_SECONDS (results.png, and the best epoch's pictures when it changed);
+    metrics.csv is written every epoch. The epoch training ends at (`last`) draws the best epoch's pictures
+    (when not drawn yet), while the weight average is fitted, and the end of training (`final`) results.png,
+    with the average's scores. A run shorter than REDRAW_SECONDS draws its pictures once, as it ends.
     """
 
     REDRAW_SECONDS = 30.0
@@ -116,7 +116,7 @@ class RunReport:
         """On the writer thread, which alone keeps what was drawn (a replaced request decides nothing)."""
         now = time.monotonic()
         curves = final or (not last and now - self._drawn >= self.REDRAW_SECONDS)
-        best = curves and (final or summary.best_epoch != self._best_drawn)
+        best = (curves or last) and summary.best_epoch != self._best_drawn
         write_report(summary, self.run_dir, curves, best)
         if curves:
             self._drawn = now

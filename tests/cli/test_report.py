@@ -88,8 +88,8 @@ def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_aver
 
 
 def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
-    """metrics.csv every epoch; the pictures at most every REDRAW_SECONDS (the best epoch's when it changed), never
-    for the epoch training ends at, and all of them at the end: a short run draws them once."""
+    """metrics.csv every epoch; the pictures at most every REDRAW_SECONDS (the best epoch's when it changed); the
+    epoch training ends at draws the best epoch's, the end the curves: a short run draws each once."""
     from types import SimpleNamespace
 
     from segcli.artifacts import RunDir
@@ -119,10 +119,14 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     assert epoch(2, best=False) == everything  # epoch 1's best pictures were never drawn
     assert epoch(3, best=False) == {"metrics.csv", "results.png"}
     assert epoch(4, best=True) == everything
-    assert epoch(5, best=True, last=True) == {"metrics.csv"}  # training ends here: the final report draws it
+    best_pictures = {"metrics.csv", "per_class.png", "confusion_matrix.png"}
+    assert epoch(5, best=True, last=True) == best_pictures  # training ends here: the curves wait for the average
+    assert epoch(6, best=False, final=True) == {"metrics.csv", "results.png"}
     report.REDRAW_SECONDS = 3600.0
-    assert epoch(6, best=True) == {"metrics.csv"}
-    assert epoch(7, best=False, final=True) == everything
+    assert epoch(7, best=True) == {"metrics.csv"}
+    assert epoch(8, best=False, final=True) == everything  # epoch 7's best pictures were never drawn
+    report.REDRAW_SECONDS = 0.0
+    assert epoch(9, best=False, last=True) == {"metrics.csv"}  # the best epoch's pictures are drawn already
     writer.close()
 
 

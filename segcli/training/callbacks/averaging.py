@@ -121,7 +121,8 @@ class SwaAverage(pl.Callback):
         """
         if not self.epochs:
             return
-        model = copy.deepcopy(self.averaged.module).to(task.device)
+        # The average itself (nothing averages into it any more, and the training state was saved before this).
+        model = self.averaged.module.to(task.device)
         loader = trainer.train_dataloader
         batches = itertools.islice(loader, self.bn_batches) if self.bn_batches else loader
         channels_last = task.experiment.channels_last
