@@ -46,9 +46,10 @@ def full_collections_deferred() -> Iterator[None]:
 
 
 def start_up_done() -> None:
-    """Called by a command once its heavy imports are done: the objects made so far are set aside
-    (`gc.freeze`), so no later collection scans them, nor one in a DataLoader worker forked later (which would
-    also copy every memory page it touches); full collections run as usual from here on."""
+    """Called by every command that reads data or models, once its imports are done: the objects made so far
+    are set aside (`gc.freeze`), so no later collection scans them, nor one in a DataLoader worker forked later
+    (which would also copy every memory page it touches); full collections run as usual from here on. The two
+    commands that only read experiment files (list-experiments, schema) end before it would matter."""
     gc.freeze()
     if _thresholds is not None:
         gc.set_threshold(*_thresholds)

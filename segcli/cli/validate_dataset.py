@@ -18,6 +18,7 @@ from segcli.cli.common import (
     OptionalConfigOpt,
     ProgressReport,
     resolve_experiment_option,
+    start_up_done,
     stdout_console,
 )
 
@@ -48,6 +49,8 @@ def validate_dataset(
     """
     from segcli.config import env
     from segcli.data.checks import check_dataset
+
+    start_up_done()
 
     env.load_env_file()
     root = env.dataset_path(dataset)

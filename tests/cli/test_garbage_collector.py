@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import ast
 import gc
+import inspect
 import os
 import subprocess
 import sys
 
+import pytest
+
+from segcli.cli.app import COMMANDS
 from segcli.cli.common import NO_FULL_COLLECTIONS, full_collections_deferred, start_up_done
 from tests.support import DEMO_CLASSES
 
@@ -70,3 +74,9 @@ def test_train_imports_without_a_full_collection_and_trains_with_the_start_up_fr
         "exit": 0,
     }, (seen, result.stderr[-3000:])
     assert (in_tmp_cwd / "out").is_dir(), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"list-experiments", "schema"}))
+def test_every_command_that_reads_data_or_models_ends_the_start_up(name):
+    """Otherwise its whole run goes without full collections."""
+    assert "start_up_done()" in inspect.getsource(COMMANDS[name]), name
