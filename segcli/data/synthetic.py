@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segcli.errors import StorageError
+
 DEMO_CLASSES = ("background", "disc", "square", "triangle")
 
 
@@ -54,11 +56,18 @@ def make_dataset(
     """Write <root>/{train,val}/{images,labels}/*.png; the same seed gives the same files."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
-        (root / split / "images").mkdir(parents=True, exist_ok=True)
-        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        for folder in ("images", "labels"):
+            try:
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create {root / split / folder} ({exc.strerror}); pass a writable PATH"
+                ) from None
         for index in range(count):
             image, mask = make_sample(size, rng)
             name = f"{split}_{index:04d}.png"
-            cv2.imwrite(str(root / split / "images" / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(root / split / "labels" / name), mask)
+            for path, pixels in ((root / split / "images" / name, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
+                                 (root / split / "labels" / name, mask)):  # fmt: skip
+                if not cv2.imwrite(str(path), pixels):  # OpenCV says no more than False
+                    raise StorageError(f"could not write {path} (disk full or not writable?); pass a writable PATH")
     return root

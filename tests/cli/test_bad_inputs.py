@@ -305,6 +305,13 @@ def test_a_run_whose_first_state_did_not_fit_points_to_overwrite(
         assert "start the run without --resume" not in err, err
 
 
+def test_make_demo_dataset_into_a_folder_it_cannot_create(in_tmp_cwd, capsys):
+    (in_tmp_cwd / "afile").write_text("x")
+    code, out, err = _run_main(["make-demo-dataset", "afile/demo", "--train", "1", "--val", "1"], capsys)
+    assert code == 2 and err.startswith("error: cannot create afile/demo/train/images") and "writable PATH" in err, err
+    assert "Traceback" not in err and out == ""
+
+
 def test_unreachable_weights_fail_within_seconds(tiny_dataset, in_tmp_cwd):
     """No HF_HUB_OFFLINE here: segcli itself must notice there is no network instead of retrying for ~25 s."""
     (in_tmp_cwd / "w.yaml").write_text(
