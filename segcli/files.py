@@ -92,16 +92,11 @@ def _fsync_directory(folder: Path) -> None:
         os.close(directory)
 
 
-def save_torch(payload: Any, path: Path, checksums: bool = True) -> Path:
-    """`torch.save` through `atomic_write`. Without `checksums` the zip records get no CRC-32 (a third of the
-    CPU time of the save): torch.load never checks them, but zip tools call such a file corrupt, so only a file
-    segcli alone reads (the training state) goes without. torch's switch is process-wide; while training runs,
-    the writer thread is the one thread that saves."""
+def save_torch(payload: Any, path: Path) -> Path:
+    """`torch.save` through `atomic_write`."""
     import torch
-    from torch.utils.serialization import config
 
-    with config.patch({"save.compute_crc32": checksums}):
-        return atomic_write(path, lambda stream: torch.save(payload, stream))
+    return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -135,25 +135,6 @@ def test_the_state_is_written_once_state_every_seconds_have_passed_and_at_the_ep
     assert trainer.saved == [run_dir.state]
 
 
-def test_the_state_is_written_without_zip_checksums_and_the_weights_with_them(task, tmp_path):
-    """The CRC-32s are a third of torch.save's CPU time and torch.load never checks them: the training state, read
-    by segcli alone, goes without; the .pth files users copy, unzip and share keep them."""
-    import zipfile
-
-    from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO
-
-    run_dir, writer = RunDir(tmp_path), BackgroundWriter()
-    _callback(task, run_dir, writer).on_train_epoch_end(_trainer(0, 0.5), task)
-    io = BackgroundCheckpointIO(writer)
-    io.save_checkpoint({"state_dict": task.model.state_dict(), "epoch": 1}, run_dir.state)
-    writer.close()
-    assert zipfile.ZipFile(run_dir.latest).testzip() is None
-    assert zipfile.ZipFile(run_dir.state).testzip() is not None  # a record whose CRC-32 was not computed
-    state = io.load_checkpoint(run_dir.state)
-    assert all(torch.equal(state["state_dict"][key], value) for key, value in task.model.state_dict().items())
-    assert torch.serialization.get_crc32_options()  # the process-wide switch is back on
-
-
 def test_checkpoint_metadata_loads_with_weights_only(task, tmp_path):
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
     _callback(task, run_dir, writer).on_train_epoch_end(_trainer(0, 0.5), task)
@@ -185,32 +166,3 @@ def test_ema_warmup_ramps_the_decay_and_follows_each_optimizer_step():
         decay = [1 / 10, 2 / 11, 0.99, 0.99][step - 1]
         expected = decay * expected + (1 - decay) * value
         assert float(ema.module.weight) == pytest.approx(expected), step
-
-
-def test_a_state_snapshot_reuses_the_memory_of_the_last_one_written_never_of_one_being_written(tmp_path, monkeypatch):
-    """Fresh memory made the per-epoch snapshot 5x slower than a copy into memory in use; but a snapshot the
-    writer is still writing must keep the values it was taken with."""
-    import threading
-
-    from segcli.training.callbacks import checkpoints
-
-    writing, gate, written = threading.Event(), threading.Event(), []
-
-    def save(payload, path, checksums: bool = True) -> None:
-        writing.set()
-        gate.wait(timeout=30)
-        written.append((payload["w"].data_ptr(), payload["w"].tolist()))
-
-    monkeypatch.setattr(checkpoints, "save_torch", save)
-    writer = BackgroundWriter()
-    state_io, target = checkpoints.BackgroundCheckpointIO(writer), tmp_path / "state_latest.ckpt"
-    state_io.save_checkpoint({"w": torch.zeros(3)}, target)
-    assert writing.wait(timeout=30)  # the writer is in the middle of the first snapshot
-    state_io.save_checkpoint({"w": torch.ones(3)}, target)
-    gate.set()
-    writer.wait()
-    state_io.save_checkpoint({"w": torch.full((3,), 2.0)}, target)
-    writer.close()
-    assert [values for _, values in written] == [[0.0] * 3, [1.0] * 3, [2.0] * 3]
-    assert written[1][0] != written[0][0]  # taken while the first was being written: fresh memory
-    assert written[2][0] == written[1][0]  # taken after the second was written: its memory again

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,23 +40,9 @@ def own_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
     return {"val/" + key[len(stage) + 1 :]: value for key, value in metrics.items() if key.startswith(stage + "/")}
 
 
-def cpu_copy(collection: Any, reuse: Any = None) -> Any:
-    """The same structure with every tensor copied to the CPU, so training can go on changing the originals.
-
-    The tensors of `reuse`, an earlier copy nothing reads any more, are overwritten where shape and dtype
-    match: copying into memory already in use is several times faster than into fresh memory, which the
-    system must first map page by page.
-    """
-    spare: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-    if reuse is not None:
-        apply_to_collection(reuse, torch.Tensor, lambda tensor: spare[tensor.shape, tensor.dtype].append(tensor))
-
-    def copy(tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach()  # a copy_ from a tensor that requires grad would record it in autograd
-        buffers = spare.get((tensor.shape, tensor.dtype))
-        return buffers.pop().copy_(tensor) if buffers else tensor.to("cpu", copy=True)
-
-    return apply_to_collection(collection, torch.Tensor, copy)
+def cpu_copy(collection: Any) -> Any:
+    """The same structure with every tensor copied to the CPU, so training can go on changing the originals."""
+    return apply_to_collection(collection, torch.Tensor, lambda tensor: tensor.detach().to("cpu", copy=True))
 
 
 class BackgroundCheckpointIO(CheckpointIO):
@@ -65,18 +50,10 @@ class BackgroundCheckpointIO(CheckpointIO):
 
     def __init__(self, writer: BackgroundWriter):
         self.writer = writer
-        self._written: dict[Path, Any] = {}
-        """The last snapshot of each file once it is on disk: nothing reads it, the next one reuses its memory."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        target = Path(path)
-        snapshot = cpu_copy(checkpoint, reuse=self._written.pop(target, None))
-
-        def write() -> None:
-            save_torch(snapshot, target, checksums=False)  # 230 MB an epoch for a Unet/resnet18; segcli alone reads it
-            self._written[target] = snapshot  # only now: a snapshot being written is never reused
-
-        self.writer.submit(target, write)
+        target, snapshot = Path(path), cpu_copy(checkpoint)
+        self.writer.submit(target, lambda: save_torch(snapshot, target))
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
         self.writer.wait()  # a write still in flight must land before it is read
