@@ -1,3 +1,3 @@
-from segcli.cli.app import run
+from segcli.cli.app import main
 
-run()
+main()

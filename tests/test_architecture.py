@@ -11,7 +11,6 @@ PACKAGE = REPO / "segcli"
 # Lower layers never import higher ones: cli -> training -> inference -> data/models -> config/artifacts/... -> errors
 LAYERS = {
     "segcli.errors": 0,
-    "segcli.deferred_imports": 0,
     "segcli.config": 1,
     "segcli.files": 1,
     "segcli.artifacts": 1,

@@ -15,7 +15,6 @@ from segcli.cli.common import (
     JsonOpt,
     OptionalConfigOpt,
     resolve_experiment_option,
-    start_up_done,
     stdout_console,
 )
 
@@ -55,8 +54,6 @@ def benchmark(
         name = "default"
 
     from segcli.training.benchmark import run_benchmark
-
-    start_up_done()
 
     result = run_benchmark(resolved, dataset=root, class_names=class_names, name=name, force_cpu=cpu, steps=steps)
     if json_output:

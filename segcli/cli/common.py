@@ -5,11 +5,8 @@ Light by design (typer, rich and the standard library): every command module imp
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,42 +15,6 @@ import typer
 
 EXIT_PROBLEMS = 1  # validate-dataset found problems, an export check failed, predict skipped files, a sweep failed
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
-
-# --- the garbage collector during start-up -------------------------------------------------------------
-
-NO_FULL_COLLECTIONS = 1_000_000_000  # a threshold for the oldest generation that is never reached
-_thresholds: tuple[int, int, int] | None = None  # the collector's own, while full collections are deferred
-
-
-@contextmanager
-def full_collections_deferred() -> Iterator[None]:
-    """Around a command (`main()`): no full collection until the command calls `start_up_done()`.
-
-    Importing torch, smp, Lightning and the rest makes millions of objects that live as long as the process,
-    and Python's collector scans every one of them again each time their number grows by a quarter: 8 full
-    collections, 1.3-1.6 s of a `segcli train` start on a 2-core machine. Younger objects are still collected
-    meanwhile. Afterwards the collector is as it was and nothing stays frozen (tests run many commands in one
-    process)."""
-    global _thresholds
-    thresholds = _thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTIONS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-        _thresholds = None
-
-
-def start_up_done() -> None:
-    """Called by every command that reads data or models, once its imports are done: the objects made so far
-    are set aside (`gc.freeze`), so no later collection scans them, nor one in a DataLoader worker forked later
-    (which would also copy every memory page it touches); full collections run as usual from here on. The two
-    commands that only read experiment files (list-experiments, schema) end before it would matter."""
-    gc.freeze()
-    if _thresholds is not None:
-        gc.set_threshold(*_thresholds)
-
 
 # --- consoles and numbers ----------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from segcli.cli.common import (
     TtaOpt,
     fmt,
     inference_options,
-    start_up_done,
     stderr_console,
     stdout_console,
 )
@@ -60,8 +59,6 @@ def evaluate(
     from segcli.files import save_image
     from segcli.inference.evaluate import evaluate_pairs, split_pairs
     from segcli.inference.loading import open_models
-
-    start_up_done()
 
     env.load_env_file()
     root = env.dataset_path(dataset)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, ModelsArg, start_up_done, stdout_console
+from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, ModelsArg, stdout_console
 
 
 class ExportFormat(str, Enum):
@@ -63,8 +63,6 @@ def export_checkpoint(
 ) -> None:
     """Export a checkpoint (or an ensemble of several) for deployment; the model is rebuilt from its metadata."""
     from segcli.inference.export import export
-
-    start_up_done()
 
     result = export(checkpoints, format.value, output, height=height, width=width, opset=opset, check=check,
                     tolerance=tolerance, min_agreement=min_agreement)  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from segcli.cli.common import ClassesOpt, ConfigOpt, DatasetOpt, start_up_done, stdout_console
+from segcli.cli.common import ClassesOpt, ConfigOpt, DatasetOpt, stdout_console
 
 
 def find_lr(
@@ -35,8 +35,6 @@ def find_lr(
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")  # Lightning's own progress bar, noise in a log file
     from segcli.training.lr_finder import find_learning_rate
-
-    start_up_done()
 
     env.load_env_file()
     resolved = resolve_experiment(load_experiment_file(config), experiment, config)

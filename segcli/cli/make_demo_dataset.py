@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from segcli.cli.common import start_up_done, stdout_console
+from segcli.cli.common import stdout_console
 
 
 def make_demo_dataset(
@@ -22,8 +22,6 @@ def make_demo_dataset(
 ) -> None:
     """Generate coloured shapes on textured backgrounds (classes: background, disc, square, triangle)."""
     from segcli.data.synthetic import DEMO_CLASSES, make_dataset
-
-    start_up_done()
 
     make_dataset(path, train=train, val=val, size=(height, width), seed=seed)
     stdout_console().print(f"wrote {train} train and {val} val pairs to {path}; classes: {','.join(DEMO_CLASSES)}")

@@ -20,7 +20,6 @@ from segcli.cli.common import (
     TileOpt,
     TtaOpt,
     inference_options,
-    start_up_done,
     stderr_console,
 )
 
@@ -62,8 +61,6 @@ def predict(
     from segcli.errors import ConfigError
     from segcli.inference.loading import open_models
     from segcli.inference.predict import OVERLAYS, collect_inputs, predict_files
-
-    start_up_done()
 
     if probabilities not in (None, 8, 16):
         raise ConfigError(f"--probabilities {probabilities}: write 8 or 16 (bits per value)")

@@ -16,7 +16,6 @@ from segcli.cli.common import (
     OfflineOpt,
     OptionalConfigOpt,
     resolve_experiment_option,
-    start_up_done,
     stderr_console,
     stdout_console,
 )
@@ -55,8 +54,6 @@ def preview_samples(
     from segcli.drawing.colours import parse_bands
     from segcli.drawing.pictures import render_grid
     from segcli.files import save_image
-
-    start_up_done()
 
     env.load_env_file()
     root = env.dataset_path(dataset)

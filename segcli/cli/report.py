@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from segcli.cli.common import fmt, start_up_done, stdout_console
+from segcli.cli.common import fmt, stdout_console
 
 
 def report(
@@ -24,8 +24,6 @@ def report(
 
     from segcli.artifacts import RunDir
     from segcli.training.report import read_report, write_report
-
-    start_up_done()
 
     summaries = [read_report(folder) for folder in runs]
     if redraw:

@@ -18,7 +18,6 @@ from segcli.cli.common import (
     OfflineOpt,
     duration,
     fmt,
-    start_up_done,
     stdout_console,
 )
 
@@ -108,8 +107,6 @@ def train(
 
     from segcli.training.run import RunOptions
     from segcli.training.run import train as run_training
-
-    start_up_done()
 
     def options_for(name: str) -> RunOptions:
         return RunOptions(

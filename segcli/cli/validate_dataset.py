@@ -18,7 +18,6 @@ from segcli.cli.common import (
     OptionalConfigOpt,
     ProgressReport,
     resolve_experiment_option,
-    start_up_done,
     stdout_console,
 )
 
@@ -49,8 +48,6 @@ def validate_dataset(
     """
     from segcli.config import env
     from segcli.data.checks import check_dataset
-
-    start_up_done()
 
     env.load_env_file()
     root = env.dataset_path(dataset)
