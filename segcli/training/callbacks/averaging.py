@@ -11,8 +11,8 @@
 
 Lightning's `WeightAveraging`/`EMAWeightAveraging` do not fit: they validate only the averaged weights
 (swapped in), so raw and EMA cannot both be reported, and their `AveragedModel` update asks the GPU
-whether it is the first update at every step (a host synchronisation). The EMA update here is one fused
-`_foreach_lerp_` with the decay computed on the host.
+whether it is the first update at every step (a host synchronisation). The EMA update here is torch's own EMA
+function (`get_ema_multi_avg_fn`, one fused lerp) with the decay computed on the host.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from segcli.models.metrics import epoch_metrics
 
@@ -66,8 +66,8 @@ class EmaAverage(pl.Callback):
         pairs = list(zip(itertools.chain(self.module.parameters(), self.module.buffers()),
                          itertools.chain(task.model.parameters(), task.model.buffers()), strict=True))  # fmt: skip
         floats = [(ema, live) for ema, live in pairs if ema.is_floating_point()]
-        weight = 1.0 - self.decay_at(self.updates)
-        torch._foreach_lerp_([ema for ema, _ in floats], [live.detach() for _, live in floats], weight)
+        update = get_ema_multi_avg_fn(self.decay_at(self.updates))  # one fused lerp over every tensor
+        update([ema for ema, _ in floats], [live.detach() for _, live in floats], self.updates)
         for ema, live in pairs:
             if not ema.is_floating_point():
                 ema.copy_(live)
@@ -136,8 +136,8 @@ class SwaAverage(pl.Callback):
         )
         if trainer.world_size > 1:  # each process saw its shard: average the statistics
             for module in model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    for buffer in (module.running_mean, module.running_var):
+                for buffer in (getattr(module, "running_mean", None), getattr(module, "running_var", None)):
+                    if isinstance(buffer, torch.Tensor):
                         buffer.copy_(trainer.strategy.reduce(buffer, reduce_op="mean"))
         self.metrics = scored_metrics(task, model, trainer.val_dataloaders, "val_avg")
         self.on_ready(model, self.metrics, trainer, task)
