@@ -140,7 +140,7 @@ def train_folds(
             train_pairs = [pair for fold in split if fold is not val for pair in fold]
             fold_options = replace(
                 options, run_name=name, run_dir=run_dir.path, pairs={"train": train_pairs, "val": val},
-                wandb_group=folder.name, resume=options.resume and run_dir.state.is_file(),
+                group=folder.name, resume=options.resume and run_dir.state.is_file(),
             )  # fmt: skip
             result = train(experiment, fold_options)
             if not result.primary:
