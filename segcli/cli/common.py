@@ -156,7 +156,7 @@ TrackerOpt = Annotated[
     typer.Option(
         "--tracker",
         metavar="NAME",
-        help="wandb, mlflow, tensorboard or none (repeat, or comma-separate, for several); overrides `tracker:`.",
+        help="Log to wandb, mlflow, tensorboard or none (repeat or comma-separate for several; overrides `tracker:`).",
     ),
 ]
 

@@ -287,3 +287,43 @@ def test_a_killed_run_resumes_its_mlflow_run_and_tensorboard_logs_each_epoch_onc
     _assert_mlflow_equals_the_run_folder(client, record["mlflow_run_id"], run_dir)
     assert [row["epoch"] for row in _csv_rows(run_dir)] == [1, 2, 3, 4]
     _assert_tensorboard_equals_the_run_folder(run_dir)
+
+
+def test_find_lr_logs_the_range_test_to_the_trackers_it_is_given(tiny_dataset, in_tmp_cwd):
+    (in_tmp_cwd / "tiny.yaml").write_text(TINY)
+    result = run_segcli("find-lr", "-c", "tiny.yaml", "-e", "exp", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
+                        "--steps", "10", "--min-lr", "1e-5", "--tracker", "tensorboard", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: no suggestion (10 steps of a tiny run)
+    assert "warning" not in result.stderr and not (in_tmp_cwd / "wandb").exists()  # only the tracker asked for
+    events = _tensorboard(in_tmp_cwd)
+    rates = [scalar.value for scalar in events.Scalars("lr_finder/lr")]
+    assert len(rates) == len(events.Scalars("lr_finder/loss")) == 10
+    assert rates[0] == pytest.approx(1e-5, rel=1e-3) and rates == sorted(rates)
+    assert "lr_finder/plot" in events.Tags()["images"]
+    if result.returncode == 0:
+        printed = float(result.stdout.split("suggested lr: ")[1].split()[0])
+        assert events.Scalars("lr_finder/suggestion")[0].value == pytest.approx(printed, rel=5e-3)
+
+
+def test_the_runs_of_a_group_are_children_of_one_parent_run(tmp_path, monkeypatch):
+    """k-fold folds: each fold's MLflow run is a child of the parent named after the group, found again by every
+    fold (and by a resume); the parent ends in the state of the fold that ran last."""
+    from mlflow.tracking import MlflowClient
+
+    from segcli.training.trackers import MlflowTracker, TrackedRun
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "folds")
+    children = []
+    for fold in (1, 2):
+        run = TrackedRun(name=f"r-fold{fold}", output_dir=tmp_path, run_dir=tmp_path, config={"lr": 0.1},
+                         group="r-kfold")  # fmt: skip
+        tracker = MlflowTracker.start(run)
+        tracker.close("success")
+        children.append(tracker.run_id)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = {client.get_run(child).data.tags["mlflow.parentRunId"] for child in children}
+    assert len(parents) == 1 and len(set(children)) == 2
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "r-kfold" and parent.info.status == "FINISHED"
+    assert client.get_run(children[0]).data.params == {"lr": "0.1"}

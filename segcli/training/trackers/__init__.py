@@ -76,6 +76,10 @@ class Trackers:
         for tracker in self.active:
             tracker.log_samples(key, samples, class_names, ignore_index, step)
 
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for tracker in self.active:
+            tracker.log_metrics(metrics, step)
+
     def log_picture(self, key: str, picture: Image.Image, step: int) -> None:
         for tracker in self.active:
             tracker.log_picture(key, picture, step)

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 from pytorch_lightning.loggers.logger import Logger
 
-from segcli.drawing.pictures import PREDICTION_COLUMNS, Sample, render_grid
+from segcli.drawing.pictures import PREDICTION_COLUMNS, PREVIEW_COLUMNS, Sample, render_grid
 from segcli.errors import ConfigError
 
 log = logging.getLogger("segcli.training.trackers")
@@ -95,8 +95,9 @@ class Tracker(Logger):
         return self.logger.name if self.active else None
 
     @property
-    def version(self) -> str | int | None:
-        return (self.logger.version or None) if self.active else None
+    def version(self) -> str:
+        """Empty: the progress bar shows no `v_num` (the summary names each tracker's run)."""
+        return ""
 
     @property
     def save_dir(self) -> str | None:
@@ -119,7 +120,7 @@ class Tracker(Logger):
     def log_samples(self, key: str, samples: Sequence[Sample], class_names: Sequence[str],
                     ignore_index: int | None, step: int) -> None:  # fmt: skip
         """Images with their ground truth (and prediction, when there is one)."""
-        columns = PREDICTION_COLUMNS if samples and samples[0].prediction is not None else ("image", "mask", "overlay")
+        columns = PREDICTION_COLUMNS if samples and samples[0].prediction is not None else PREVIEW_COLUMNS
         picture = render_grid(samples, class_names, ignore_index, columns)
         self.log_picture(key, picture, step)
 
