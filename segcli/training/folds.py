@@ -6,8 +6,8 @@ patient, a slide) stay in one fold, so neighbouring frames never sit on both sid
 are dealt in a seeded order to the fold that has the fewest images so far, which keeps folds balanced.
 
 Layout: `<output>/checkpoints/<run>-kfold/` holds `kfold.json` (the split and, once done, the summary)
-and one ordinary run folder per fold, `<run>-fold1` .. `<run>-foldK`, each its own W&B run in one W&B
-group. `--resume` skips finished folds and continues the others.
+and one ordinary run folder per fold, `<run>-fold1` .. `<run>-foldK`, each its own tracker run (in one W&B
+group; MLflow child runs of one parent run). `--resume` skips finished folds and continues the others.
 """
 
 from __future__ import annotations
