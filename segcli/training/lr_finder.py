@@ -10,7 +10,7 @@ from pathlib import Path
 from pytorch_lightning.tuner import Tuner
 
 from segcli.config.schema import Experiment
-from segcli.drawing.charts import lr_finder_chart
+from segcli.drawing.charts import figure_image, lr_finder_chart
 from segcli.files import BackgroundWriter, save_image
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import preflight
@@ -57,7 +57,8 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     save_image(plot, picture)
     for step, (lr, loss) in enumerate(zip(lrs, losses, strict=True)):
         tracked.log_metrics({"lr_finder/lr": float(lr), "lr_finder/loss": float(loss)}, step)
-    tracked.log_picture("lr_finder/plot", picture, len(lrs))
+    if tracked:
+        tracked.log_picture("lr_finder/plot", figure_image(picture), len(lrs))
     if suggestion is not None:
         tracked.log_metrics({"lr_finder/suggestion": float(suggestion)}, len(lrs))
     tracked.close("success")

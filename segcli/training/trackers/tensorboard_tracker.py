@@ -26,9 +26,10 @@ class TensorBoardTracker(Tracker):
         return cls(logger)
 
     def log_picture(self, key, picture, step) -> None:
-        array = np.asarray(picture.convert("RGB"))
-        self.guarded("logging a picture", lambda: self.logger.experiment.add_image(key, array, step,
-                                                                                   dataformats="HWC"))  # fmt: skip
+        def add() -> None:
+            self.logger.experiment.add_image(key, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+
+        self.guarded("logging a picture", add)
 
     def describe(self) -> tuple[str, str]:
         return "TensorBoard", self.logger.log_dir

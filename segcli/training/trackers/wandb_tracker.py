@@ -121,24 +121,29 @@ class WandbTracker(Tracker):
         return self.logger.experiment
 
     def log_samples(self, key, samples, class_names, ignore_index, step) -> None:
-        images = wandb_images(samples, class_names, ignore_index)
-        self.guarded("logging images", lambda: self.run.log({key: images, "trainer/global_step": step}))
+        def log() -> None:
+            self.run.log({key: wandb_images(samples, class_names, ignore_index), "trainer/global_step": step})
+
+        self.guarded("logging images", log)
 
     def log_picture(self, key, picture, step) -> None:
-        import wandb
+        def log() -> None:
+            import wandb
 
-        self.guarded(
-            "logging a picture", lambda: self.run.log({key: wandb.Image(picture), "trainer/global_step": step})
-        )
+            self.run.log({key: wandb.Image(picture), "trainer/global_step": step})
+
+        self.guarded("logging a picture", log)
 
     def log_worst(self, samples, scores, class_names, ignore_index, step) -> None:
-        import wandb
+        def log() -> None:
+            import wandb
 
-        table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in class_names)])
-        for image, score in zip(wandb_images(samples, class_names, ignore_index), scores, strict=True):
-            table.add_data(image, score.mIoU, *(None if value != value else value for value in score.iou))
-        self.guarded("logging the worst images", lambda: self.run.log({"val/worst_images": table,
-                                                                        "trainer/global_step": step}))  # fmt: skip
+            table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in class_names)])
+            for image, score in zip(wandb_images(samples, class_names, ignore_index), scores, strict=True):
+                table.add_data(image, score.mIoU, *(None if value != value else value for value in score.iou))
+            self.run.log({"val/worst_images": table, "trainer/global_step": step})
+
+        self.guarded("logging the worst images", log)
 
     def sync_file(self, path: Path) -> None:
         """Uploaded now and again whenever it changes (a link in the run folder, not an artifact copy)."""
