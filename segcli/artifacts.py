@@ -85,6 +85,11 @@ class RunDir:
     def worst_png(self) -> Path:
         return self.path / "worst_predictions.png"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files (a folder)."""
+        return self.path / "tensorboard"
+
     def weights(self) -> list[Path]:
         """The model files a user loads, in the order the summary lists them."""
         return [self.best, self.latest, self.ema, self.average]
@@ -333,10 +338,11 @@ def read_sidecar(path: Path) -> tuple[ModelInfo, str]:
 
 @dataclass
 class RunRecord:
-    """`run.json` in the run folder: what a later `--resume` needs to find the same W&B run."""
+    """`run.json` in the run folder: what a later `--resume` needs to continue the same tracker runs."""
 
     run_name: str
     wandb_id: str | None = None
+    mlflow_run_id: str | None = None
     finished: bool = False
     epochs_completed: int = 0
     report: dict[str, Any] | None = None

@@ -130,6 +130,7 @@ ExperimentsOpt = Annotated[
         autocompletion=complete_experiments,
     ),
 ]
+
 DatasetOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -150,6 +151,23 @@ IgnoreIndexOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts instead of tables.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Keep the W&B run offline (`wandb sync` it later).")]
+TrackerOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--tracker",
+        metavar="NAME",
+        help="Log to wandb, mlflow, tensorboard or none (repeat or comma-separate for several; overrides `tracker:`).",
+    ),
+]
+
+
+def tracker_override(values: list[str] | None) -> list[str] | None:
+    """`--tracker mlflow --tracker tensorboard` or `--tracker mlflow,tensorboard` -> the `tracker` key's value."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
 BandsOpt = Annotated[
     Optional[str],
     typer.Option("--bands", metavar="R,G,B", help="Bands shown as red, green, blue (1-based), e.g. 3,2,1."),

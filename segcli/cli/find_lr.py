@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from segcli.cli.common import ClassesOpt, ConfigOpt, DatasetOpt, stdout_console
+from segcli.cli.common import ClassesOpt, ConfigOpt, DatasetOpt, TrackerOpt, stdout_console, tracker_override
 
 
 def find_lr(
@@ -27,6 +27,7 @@ def find_lr(
         bool, typer.Option("--apply", help="Also print the `segcli train ... --set lr=...` command to use.")
     ] = False,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train a few steps with a rising learning rate and suggest the one where the loss falls fastest."""
     from segcli.config import env
@@ -37,10 +38,12 @@ def find_lr(
     from segcli.training.lr_finder import find_learning_rate
 
     env.load_env_file()
-    resolved = resolve_experiment(load_experiment_file(config), experiment, config)
+    names = tracker_override(tracker)
+    resolved = resolve_experiment(load_experiment_file(config), experiment, config, {"tracker": names} if names else {})
     finding = find_learning_rate(
         resolved, dataset=env.dataset_path(dataset), class_names=env.class_names(classes), name=experiment,
         force_cpu=cpu, min_lr=min_lr, max_lr=max_lr, steps=steps, plot=output,
+        trackers=resolved.trackers if names else None,
     )  # fmt: skip
     console = stdout_console()
     if finding.suggestion is None:

@@ -95,12 +95,16 @@ def preview_samples(
     console = stdout_console()
     console.print(f"wrote {output} ({len(samples)} sample{'s' if len(samples) != 1 else ''} from {root}/{split})")
     if wandb:
-        from segcli.training.tracking import init_run, wandb_images
-        from segcli.training.wandb_service import quiet_wandb, wandb_mode
+        from segcli.training.trackers import TrackedRun, WandbTracker
 
-        quiet_wandb()
-        project = env.wandb_project()
-        run, _ = init_run(mode=wandb_mode(offline), project=project, job_type="preview", dir=".")
-        with run:
-            run.log({f"samples/{split}": wandb_images(samples, class_names, ignore_index)})
-            console.print(f"logged to W&B project {project}: {run.dir}")
+        run = TrackedRun(name=f"preview-{split}", output_dir=Path("."), run_dir=Path("."), config={}, offline=offline,
+                         job_type="preview")  # fmt: skip
+        tracker = WandbTracker.start(run)
+        if tracker is None:
+            console.print("W&B is disabled (WANDB_MODE=disabled): nothing logged")
+            return
+        folder = tracker.folder
+        tracker.log_samples(f"samples/{split}", samples, class_names, ignore_index, step=0)
+        tracker.close("success")
+        if tracker.active:
+            console.print(f"logged to W&B project {env.wandb_project()}: {folder}")

@@ -16,6 +16,7 @@ from segcli.cli.common import (
     DatasetOpt,
     ExperimentsOpt,
     OfflineOpt,
+    TrackerOpt,
     duration,
     fmt,
     stdout_console,
@@ -45,8 +46,12 @@ def train(
     ] = None,
     output_dir: Annotated[
         Path,
-        typer.Option(metavar="DIR", help="Checkpoints go to DIR/checkpoints/<run>, W&B files to DIR/wandb."),
+        typer.Option(
+            metavar="DIR",
+            help="Checkpoints go to DIR/checkpoints/<run>, W&B files to DIR/wandb, the MLflow store to DIR/mlflow.db.",
+        ),
     ] = Path("."),
+    tracker: TrackerOpt = None,
     offline: OfflineOpt = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue this run from its latest saved state (W&B run included).")
@@ -78,10 +83,12 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train experiments: dataset check, Lightning training, W&B logging, checkpoints and a run report.
+    """Train experiments: dataset check, Lightning training, tracking (W&B, MLflow, TensorBoard), checkpoints and
+    a run report.
 
     Repeat --experiment, or pass `--experiment all`, to run several one after another and compare them.
     """
+    from segcli.cli.common import tracker_override
     from segcli.config import env
     from segcli.config.loader import expand_experiments, load_experiment_file, parse_overrides, resolve_experiment
     from segcli.config.naming import run_name
@@ -91,7 +98,8 @@ def train(
     file = load_experiment_file(config)
     names = expand_experiments(file, experiment, config)
     overrides = parse_overrides(set_ or [])
-    options_overrides = {key: value for key, value in (("max_epochs", max_epochs), ("gpu", gpu)) if value is not None}
+    options = (("max_epochs", max_epochs), ("gpu", gpu), ("tracker", tracker_override(tracker)))
+    options_overrides = {key: value for key, value in options if value is not None}
     resolved = {name: resolve_experiment(file, name, config, {**overrides, **options_overrides}) for name in names}
     run_names = {name: run_name(config, name, overrides) for name in names}
     if folds_from not in ("all", "train"):
@@ -100,10 +108,6 @@ def train(
         raise ConfigError("--folds trains one experiment K times; name one experiment")
     dataset_root = env.dataset_path(dataset)
     class_names = env.class_names(classes)
-    if not dry_run:
-        from segcli.training.wandb_service import start_service, wandb_mode
-
-        start_service(wandb_mode(offline))  # while torch and Lightning import
 
     from segcli.training.run import RunOptions
     from segcli.training.run import train as run_training
@@ -209,10 +213,12 @@ def _print_dry_run(resolved: dict, options_for) -> None:
 
     from segcli.data.transforms import describe_normalization
     from segcli.training.preflight import preflight
+    from segcli.training.trackers import require_extras
 
     console = stdout_console()
     for name, experiment in resolved.items():
         options = options_for(name)
+        require_extras(experiment.trackers)
         plan = preflight(experiment, dataset=options.dataset, class_names=options.class_names,
                          experiment_name=name, force_cpu=options.force_cpu)  # fmt: skip
         console.print(f"# run {options.run_name} -> {options.folder.path}")
@@ -255,8 +261,8 @@ def _print_summary(result, class_names: list[str]) -> None:
         table.add_row(name, str(path))
     if result.report_files:
         table.add_row("report", ", ".join(path.name for path in result.report_files))
-    if result.wandb_dir:
-        table.add_row("W&B run", result.wandb_dir)
+    for label, where in result.trackers.items():
+        table.add_row(label, where)
     console.print(table)
     if result.wandb_mode == "offline" and result.wandb_dir:
         console.print(f"the W&B run is offline; upload it with: wandb sync {result.wandb_dir}")

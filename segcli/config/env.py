@@ -74,3 +74,8 @@ def class_names(option: str | None) -> list[str]:
 
 def wandb_project(option: str | None = None) -> str:
     return option or os.environ.get("WANDB_PROJECT") or "segcli"
+
+
+def mlflow_experiment() -> str:
+    """MLflow's counterpart of WANDB_PROJECT."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or "segcli"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from segcli.errors import did_you_mean
 
 
 class StrictModel(BaseModel):
@@ -154,6 +156,10 @@ class PredictionLogging(StrictModel):
         return {"count": value} if isinstance(value, int) else value
 
 
+TrackerName = Literal["wandb", "mlflow", "tensorboard", "none"]
+TRACKER_CHOICES = get_args(TrackerName)
+
+
 class Experiment(StrictModel):
     """One resolved experiment: the top-level `model`, then `defaults`, then the experiment's own keys."""
 
@@ -199,6 +205,19 @@ class Experiment(StrictModel):
     early_stopping: EarlyStoppingConfig | None = None
     loss: LossConfig = Field(default_factory=_default_loss)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    tracker: TrackerName | list[TrackerName] = "wandb"
+    """Where metrics, parameters, pictures and checkpoints go besides the run folder: one tracker, several, or none."""
+
+    @field_validator("tracker", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: Any) -> Any:
+        names = value if isinstance(value, list) else [value]
+        for name in names:
+            if isinstance(name, str) and name not in TRACKER_CHOICES:
+                raise ValueError(f"unknown tracker '{name}'; {did_you_mean(name, TRACKER_CHOICES)}")
+        if "none" in names and len(names) > 1:
+            raise ValueError("`none` cannot be listed with other trackers")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -228,6 +247,12 @@ class Experiment(StrictModel):
                         f"{self.model.in_channels}; give one value per channel (or one for all)"
                     )
         return self
+
+    @property
+    def trackers(self) -> list[str]:
+        """The chosen trackers, in order, without `none`."""
+        names = self.tracker if isinstance(self.tracker, list) else [self.tracker]
+        return [name for name in dict.fromkeys(names) if name != "none"]
 
     @property
     def average_start(self) -> int | None:

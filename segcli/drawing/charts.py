@@ -7,11 +7,13 @@ them atomically (`segcli.artifacts.save_image`).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from segcli.drawing.colours import palette
 
@@ -109,3 +111,11 @@ def lr_finder_chart(lrs: Sequence[float], losses: Sequence[float], suggestion: f
         ax.legend()
     ax.set_title(title)
     return figure
+
+
+def figure_image(figure: Figure) -> Image.Image:
+    """A figure as a picture (what the trackers log)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

@@ -32,7 +32,7 @@ class SegmentationTask(pl.LightningModule):
 
     def __init__(self, experiment: dict[str, Any], class_names: list[str]):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the trackers log the whole resolved experiment themselves
         self.experiment = Experiment.model_validate(experiment)
         self.class_names = list(class_names)
         self.configure_models()
@@ -125,7 +125,7 @@ class SegmentationTask(pl.LightningModule):
         # Already summed over processes; sync_dist only averages identical values (and silences Lightning).
         self.log_dict(headline, prog_bar=True, sync_dist=True, logger=logger)
         self.log_dict({k: v for k, v in metrics.items() if k not in headline}, sync_dist=True, logger=logger)
-        # W&B's `epoch` column counts from 1, like everything segcli shows (Lightning would log its 0-based one).
+        # The trackers' `epoch` counts from 1, like everything segcli shows (Lightning would log its 0-based one).
         self.log("epoch", float(self.current_epoch + 1), sync_dist=True, logger=logger)
 
     def on_train_epoch_end(self) -> None:
@@ -134,12 +134,13 @@ class SegmentationTask(pl.LightningModule):
         if metrics is None:
             return  # nothing accumulated (e.g. the epoch end of a resumed epoch): no row of NaN
         self.log_scores(metrics, logger=False)
-        # To the logger now, not at Lightning's flush after every epoch-end hook: the row is written before
+        # To the loggers now, not at Lightning's flush after every epoch-end hook: the row is written before
         # this epoch's training state is saved, so a run killed between the two never loses it.
-        if self.trainer.is_global_zero and self.logger is not None:
+        if self.trainer.is_global_zero and self.loggers:
             loss = float(self.trainer.callback_metrics["train/loss"])
             row = {**metrics, "train/loss": loss, "epoch": float(self.current_epoch + 1)}
-            self.logger.log_metrics(row, step=self.global_step - 1)
+            for logger in self.loggers:
+                logger.log_metrics(row, step=self.global_step - 1)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._epoch_scores("val")

@@ -1,13 +1,12 @@
 """What happens once the last epoch is done: the worst validation images at the best checkpoint, the best
-epoch's confusion matrix in W&B, the final run record, and the result `train()` returns."""
+epoch's confusion matrix and the run's files in the trackers, the final run record, and the result `train()`
+returns."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import wandb
 from pytorch_lightning.callbacks import EarlyStopping
 
 from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
@@ -16,7 +15,7 @@ from segcli.inference.engine import InferenceOptions
 from segcli.inference.evaluate import Evaluation, evaluate_pairs
 from segcli.inference.loading import open_model
 from segcli.training.report import report_details
-from segcli.training.tracking import wandb_images
+from segcli.training.trackers import Trackers, WandbTracker
 
 
 @dataclass
@@ -34,6 +33,8 @@ class TrainResult:
     parameters: int
     wandb_mode: str | None
     wandb_dir: str | None = None
+    trackers: dict[str, str] = field(default_factory=dict)
+    """Where each tracker that logged the run has it: "MLflow run" -> "<run id> in <tracking URI>", ..."""
     average_metrics: dict[str, float] = field(default_factory=dict)
     report_files: list[Path] = field(default_factory=list)
     interrupted: bool = False
@@ -55,7 +56,7 @@ class TrainResult:
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
     """Score every val image on its own with the best checkpoint (through `evaluate`'s code); the `count` worst
-    are drawn on the background writer, while the main thread makes W&B's pictures of them."""
+    are drawn on the background writer, while the main thread makes the trackers' pictures of them."""
     predictor = open_model(run_dir.best, device)
     options = InferenceOptions(batch_size=plan.experiment.batch_size)
     evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count)
@@ -70,26 +71,18 @@ def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
     return evaluation
 
 
-def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None) -> None:
-    summary = {}
+def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluation | None, step: int) -> None:
     if checkpoints.best_matrix is not None:
         title = f"{checkpoints.run_name}, val at epoch {checkpoints.best_epoch} (best)"
-        summary["val/confusion_matrix"] = wandb.Image(render_confusion_matrix(checkpoints.best_matrix,
-                                                                              plan.class_names, title))  # fmt: skip
+        picture = render_confusion_matrix(checkpoints.best_matrix, plan.class_names, title)
+        trackers.log_picture("val/confusion_matrix", picture, step)
     if evaluation is not None and evaluation.worst_samples:
-        samples = evaluation.worst_samples
-        table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in plan.class_names)])
         scores = {score.name: score for score in evaluation.per_image}
-        for sample, image in zip(samples, wandb_images(samples, plan.class_names, plan.experiment.ignore_index),
-                                 strict=True):  # fmt: skip
-            score = scores[sample.name]
-            table.add_data(image, score.mIoU, *(None if math.isnan(v) else v for v in score.iou))
-        summary["val/worst_images"] = table
-    if summary:
-        run.log(summary)
+        trackers.log_worst(evaluation.worst_samples, [scores[sample.name] for sample in evaluation.worst_samples],
+                           plan.class_names, plan.experiment.ignore_index, step)  # fmt: skip
 
 
-def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, record, lead, options) -> TrainResult:
+def finish_run(plan, trainer, *, checkpoints, average, stop, trackers, run_dir, record, lead, options) -> TrainResult:
     exp = plan.experiment
     average_metrics = dict(average.metrics) if average is not None else {}
     result = TrainResult(
@@ -116,9 +109,7 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     count = exp.log_predictions.worst
     if count and run_dir.best.is_file() and not stop.requested:
         evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
-    run = logger.wait_for_run()
-    if logger.mode != "disabled":
-        _log_to_wandb(run, plan, checkpoints, evaluation)
+    _log_to_trackers(trackers, plan, checkpoints, evaluation, trainer.global_step)
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
     record.write(run_dir)
@@ -126,7 +117,9 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip
-    result.wandb_mode = logger.mode
-    if logger.mode != "disabled":  # a disabled run's folder is a made-up temporary path
-        result.wandb_dir = str(Path(run.dir).parent)
+    trackers.log_files(list(result.checkpoints.values()), result.report_files)
+    wandb = trackers.of(WandbTracker)
+    if wandb is not None:
+        result.wandb_mode, result.wandb_dir = wandb.mode, wandb.folder
+    result.trackers = trackers.describe()
     return result

@@ -6,8 +6,8 @@ patient, a slide) stay in one fold, so neighbouring frames never sit on both sid
 are dealt in a seeded order to the fold that has the fewest images so far, which keeps folds balanced.
 
 Layout: `<output>/checkpoints/<run>-kfold/` holds `kfold.json` (the split and, once done, the summary)
-and one ordinary run folder per fold, `<run>-fold1` .. `<run>-foldK`, each its own W&B run in one W&B
-group. `--resume` skips finished folds and continues the others.
+and one ordinary run folder per fold, `<run>-fold1` .. `<run>-foldK`, each its own tracker run (in one W&B
+group; MLflow child runs of one parent run). `--resume` skips finished folds and continues the others.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def train_folds(
             train_pairs = [pair for fold in split if fold is not val for pair in fold]
             fold_options = replace(
                 options, run_name=name, run_dir=run_dir.path, pairs={"train": train_pairs, "val": val},
-                wandb_group=folder.name, resume=options.resume and run_dir.state.is_file(),
+                group=folder.name, resume=options.resume and run_dir.state.is_file(),
             )  # fmt: skip
             result = train(experiment, fold_options)
             if not result.primary:

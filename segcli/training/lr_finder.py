@@ -10,11 +10,12 @@ from pathlib import Path
 from pytorch_lightning.tuner import Tuner
 
 from segcli.config.schema import Experiment
-from segcli.drawing.charts import lr_finder_chart
+from segcli.drawing.charts import figure_image, lr_finder_chart
 from segcli.files import BackgroundWriter, save_image
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import preflight
 from segcli.training.run import build_trainer, quiet_libraries
+from segcli.training.trackers import TrackedRun, Trackers, require_extras
 
 
 @dataclass
@@ -25,13 +26,19 @@ class LrFinding:
 
 
 def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str,
-                       force_cpu: bool, min_lr: float, max_lr: float, steps: int, plot: Path) -> LrFinding:  # fmt: skip
+                       force_cpu: bool, min_lr: float, max_lr: float, steps: int, plot: Path,
+                       trackers: list[str] | None = None) -> LrFinding:  # fmt: skip
     """Run `steps` training steps with the learning rate rising exponentially, plot loss vs lr, suggest one.
 
-    Lightning restores the model's weights afterwards; nothing is written but the plot.
+    Lightning restores the model's weights afterwards; nothing is written but the plot, and with `trackers` (names)
+    a run `<name>-find-lr` in each: the loss at every learning rate, the plot and the suggestion.
     """
     quiet_libraries()
+    require_extras(trackers or [])
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
+    run = TrackedRun(name=f"{name}-find-lr", output_dir=plot.parent, run_dir=plot.parent, job_type="find-lr",
+                     config={**experiment.model_dump(mode="json"), "class_names": class_names})  # fmt: skip
+    tracked = Trackers.start(trackers or [], run)  # before the loaders' workers fork
     loaders = make_loaders(plan, make_datasets(plan))
     writer = BackgroundWriter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -46,7 +53,15 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     lrs, losses = finder.results["lr"], finder.results["loss"]
     suggestion = finder.suggestion()
     title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
-    save_image(plot, lr_finder_chart(lrs, losses, suggestion, title))
+    picture = lr_finder_chart(lrs, losses, suggestion, title)
+    save_image(plot, picture)
+    for step, (lr, loss) in enumerate(zip(lrs, losses, strict=True)):
+        tracked.log_metrics({"lr_finder/lr": float(lr), "lr_finder/loss": float(loss)}, step)
+    if tracked:
+        tracked.log_picture("lr_finder/plot", figure_image(picture), len(lrs))
+    if suggestion is not None:
+        tracked.log_metrics({"lr_finder/suggestion": float(suggestion)}, len(lrs))
+    tracked.close("success")
     return LrFinding(
         [float(v) for v in lrs], [float(v) for v in losses], None if suggestion is None else float(suggestion)
     )

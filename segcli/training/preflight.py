@@ -77,8 +77,8 @@ def check_experiment(exp: Experiment, class_names: list[str]) -> None:
             raise ConfigError(f"{where}: '{key}' is never logged{hint}; {did_you_mean(key, valid)}")
 
 
-def check_resume_state(state: Path, experiment: Experiment) -> int:
-    """The state file must come from a run of the same model. Returns the number of epochs it completed."""
+def check_resume_state(state: Path, experiment: Experiment) -> tuple[int, int]:
+    """The state file must come from a run of the same model. Returns the epochs and optimizer steps it completed."""
     saved = read_training_state(state)
     stored = Experiment.model_validate(saved["hyper_parameters"]["experiment"]).model
     if stored != experiment.model:
@@ -86,7 +86,7 @@ def check_resume_state(state: Path, experiment: Experiment) -> int:
             f"{state} was trained with model {stored.model_dump()} but the experiment now says "
             f"{experiment.model.model_dump()}; resume with the same model block"
         )
-    return saved["epoch"] + 1  # saved at an epoch's end, under Lightning's 0-based index of that epoch
+    return saved["epoch"] + 1, saved["global_step"]  # saved at an epoch's end, under its 0-based index
 
 
 def _check_channels(report: DatasetReport, in_channels: int) -> int:

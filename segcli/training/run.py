@@ -1,13 +1,15 @@
 """`train()`: the one training entry point. Commands and tests call it directly.
 
 Everything that can be wrong with the user's input is checked (`preflight`) before the run folder or
-the W&B run exist, so a mistake never leaves a half-made run behind.
+a tracker's run exist, so a mistake never leaves a half-made run behind.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar
 
 from segcli.artifacts import RunDir, RunRecord
-from segcli.config.env import wandb_project
 from segcli.config.schema import Experiment
 from segcli.errors import CheckpointError, ConfigError
 from segcli.files import BackgroundWriter
@@ -32,8 +33,7 @@ from segcli.training.finish import TrainResult, finish_run
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, check_resume_state, preflight
 from segcli.training.report import RunReport
-from segcli.training.tracking import new_run_id, start_logger, sync_file_live
-from segcli.training.wandb_service import wandb_mode
+from segcli.training.trackers import TrackedRun, Trackers, require_extras
 
 
 @dataclass(kw_only=True)
@@ -47,10 +47,11 @@ class RunOptions:
     run_dir: Path | None = None
     """Default: <output_dir>/checkpoints/<run_name> (k-fold runs live inside their k-fold folder)."""
     offline: bool = False
+    """W&B: keep the run offline."""
     overwrite: bool = False
     force_cpu: bool = False
-    wandb_project: str | None = None
-    wandb_group: str | None = None
+    group: str | None = None
+    """The runs of one k-fold run: one W&B group, MLflow child runs of one parent run."""
     progress: bool = True
     """Lightning's progress bar (for a terminal)."""
     resume: bool = False
@@ -72,11 +73,11 @@ class RunOptions:
         return RunDir(self.run_dir or self.output_dir / "checkpoints" / self.run_name)
 
 
-def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) -> tuple[Path | None, int]:
-    """The state file to continue from, after checking it belongs to this model, and the epochs it completed;
-    (None, 0) for a fresh run."""
+def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) -> tuple[Path | None, int, int]:
+    """The state file to continue from, after checking it belongs to this model, and the epochs and optimizer steps
+    it completed; (None, 0, 0) for a fresh run."""
     if options.resume_from is None and not options.resume:
-        return None, 0
+        return None, 0, 0
     state = options.resume_from or run_dir.state
     if not state.is_file():
         if options.resume_from is None and run_dir.has_checkpoints():
@@ -89,7 +90,7 @@ def _resume_point(options: RunOptions, run_dir: RunDir, experiment: Experiment) 
             f"no training state at {state} to resume from; start the run without --resume"
             + ("" if options.resume_from else f" (or check --output-dir: looked in {run_dir.path})")
         )
-    return state, check_resume_state(state, experiment)
+    return state, *check_resume_state(state, experiment)
 
 
 def _prepare_run_dir(run_dir: RunDir, overwrite: bool, resuming: bool) -> None:
@@ -105,6 +106,7 @@ def _prepare_run_dir(run_dir: RunDir, overwrite: bool, resuming: bool) -> None:
         if overwrite and not resuming:  # a later --resume must not pick up the replaced run's state
             for old in run_dir.run_files():
                 old.unlink(missing_ok=True)
+            shutil.rmtree(run_dir.tensorboard, ignore_errors=True)
         probe = run_dir.path / ".write-test"
         probe.touch()
         probe.unlink()
@@ -121,6 +123,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
     warnings.filterwarnings("ignore", message=r".*defined a `validation_step` but have no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=r".*but have no logger configured.*")  # `tracker: none`
 
 
 def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer: BackgroundWriter, **overrides):
@@ -153,7 +156,13 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
 
 
 def _callbacks(
-    plan: Plan, options: RunOptions, run_dir: RunDir, writer: BackgroundWriter, record: RunRecord, datasets, logger
+    plan: Plan,
+    options: RunOptions,
+    run_dir: RunDir,
+    writer: BackgroundWriter,
+    record: RunRecord,
+    datasets,
+    trackers: Trackers,
 ) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:
     exp = plan.experiment
     ema = EmaAverage(exp.ema.decay, exp.ema.warmup_steps) if exp.ema else None
@@ -162,7 +171,7 @@ def _callbacks(
     on_epoch = options.on_epoch
     checkpoints = RunCheckpoints(
         run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
-        monitor=exp.monitor, ema=ema, report=report, sync=lambda path: sync_file_live(logger.experiment, path),
+        monitor=exp.monitor, ema=ema, report=report, sync=trackers.sync_file,
         on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
         state_every=exp.state_every_seconds,
     )  # fmt: skip
@@ -176,10 +185,10 @@ def _callbacks(
         cfg = exp.early_stopping
         callbacks.append(EarlyStopping(monitor=cfg.monitor, patience=cfg.patience, mode=cfg.mode,
                                        min_delta=cfg.min_delta, check_on_train_epoch_end=False))  # fmt: skip
-    if logger.mode != "disabled":  # pictures for W&B, which nothing else shows
-        callbacks.append(TrainSamples(plan, seed=exp.seed))
+    if trackers:  # pictures for the trackers, which nothing else shows
+        callbacks.append(TrainSamples(plan, trackers, seed=exp.seed))
         if exp.log_predictions.count:
-            callbacks.append(PredictionLogger(plan, datasets["val"]))
+            callbacks.append(PredictionLogger(plan, datasets["val"], trackers))
     return [*callbacks, *options.extra_callbacks], checkpoints, stop, average
 
 
@@ -187,11 +196,12 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     """Check everything, train (or continue) the run, and return where its files are and what was measured."""
     started = time.monotonic()
     run_dir = options.folder
-    resume_from, epochs_done = _resume_point(options, run_dir, experiment)
+    resume_from, epochs_done, steps_done = _resume_point(options, run_dir, experiment)
     record = RunRecord.read(run_dir) if resume_from else None
     if record and record.finished and options.resume_from is None and record.epochs_completed >= experiment.max_epochs:
         return TrainResult.finished(options.run_name, run_dir, record)
     quiet_libraries()
+    require_extras(experiment.trackers)
     plan = preflight(
         experiment,
         dataset=options.dataset,
@@ -200,42 +210,54 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         force_cpu=options.force_cpu,
         pairs=options.pairs,
     )
-    lead = getattr(rank_zero_only, "rank", 0) == 0  # under several processes only rank 0 writes files and W&B
+    lead = getattr(rank_zero_only, "rank", 0) == 0  # under several processes only rank 0 writes files and logs
     if lead:
         _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
-    record = record or RunRecord(options.run_name, wandb_id=new_run_id())
+    record = record or RunRecord(options.run_name, wandb_id=new_wandb_id())
     record.finished = False
-    mode = wandb_mode(options.offline)
-    config = {**experiment.model_dump(mode="json"), "class_names": options.class_names,
-              "dataset_path": str(options.dataset.resolve()), "experiment_name": options.experiment_name,
-              "config_file": str(options.config_file) if options.config_file else None,
-              "run_name": options.run_name, "overrides": options.overrides,
-              "normalization": plan.normalization}  # fmt: skip
-    logger = start_logger(project=wandb_project(options.wandb_project), name=options.run_name, run_id=record.wandb_id,
-                          save_dir=options.output_dir, mode=mode, config=config, group=options.wandb_group)  # fmt: skip
+    trackers = Trackers()
+    if lead:  # now, before any DataLoader worker forks (W&B's start runs `git` in subprocesses)
+        resumed_step = steps_done if resume_from else None
+        trackers = Trackers.start(experiment.trackers, _tracked_run(experiment, options, plan, record, resumed_step))
+        for key, value in trackers.run_ids.items():
+            setattr(record, key, value)
     writer = BackgroundWriter()
     try:
         if lead:
             record.write(run_dir)
         datasets = make_datasets(plan)
         loaders = make_loaders(plan, datasets, epoch=epochs_done)
-        # W&B's start runs `git` in subprocesses: a DataLoader worker forked meanwhile would inherit the pipe
-        # Python waits on to see `git` start, and the run would never come (a hang). Workers fork in fit.
-        logger.wait_for_run()
-        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, logger)
-        trainer = build_trainer(plan, logger=logger, callbacks=callbacks, progress=options.progress, writer=writer,
-                                default_root_dir=options.output_dir)  # fmt: skip
+        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, trackers)
+        trainer = build_trainer(plan, logger=trackers.all, callbacks=callbacks, progress=options.progress,
+                                writer=writer, default_root_dir=options.output_dir)  # fmt: skip
         with stop:
             trainer.fit(plan.task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         writer.wait()
-        result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, logger=logger,
+        result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, trackers=trackers,
                             run_dir=run_dir, record=record, lead=lead, options=options)  # fmt: skip
     except BaseException:
         writer.close(raise_failure=False)  # the error on its way out is the one to report
-        logger.close()
+        trackers.close("failed")
         raise
     writer.close()
-    logger.close()
+    trackers.close("success")
     result.seconds = time.monotonic() - started
     result.resumed_from, result.resumed_after = resume_from, epochs_done
     return result
+
+
+def new_wandb_id() -> str:
+    """Chosen up front, so run.json names the W&B run a resume continues."""
+    return uuid.uuid4().hex[:8]
+
+
+def _tracked_run(experiment: Experiment, options: RunOptions, plan: Plan, record: RunRecord,
+                 resumed_step: int | None) -> TrackedRun:  # fmt: skip
+    config = {**experiment.model_dump(mode="json"), "class_names": options.class_names,
+              "dataset_path": str(options.dataset.resolve()), "experiment_name": options.experiment_name,
+              "config_file": str(options.config_file) if options.config_file else None,
+              "run_name": options.run_name, "overrides": options.overrides,
+              "normalization": plan.normalization}  # fmt: skip
+    return TrackedRun(name=options.run_name, output_dir=options.output_dir, run_dir=options.folder.path, config=config,
+                      group=options.group, offline=options.offline, wandb_id=record.wandb_id,
+                      mlflow_run_id=record.mlflow_run_id, resumed_step=resumed_step)  # fmt: skip

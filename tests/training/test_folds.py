@@ -188,6 +188,6 @@ def test_folds_from_train_and_groups_reach_the_fold_runs(tiny_dataset, tmp_path,
         held_out = {p.image.name for p in fold.pairs["val"]}
         trained = {p.image.name for p in fold.pairs["train"]}
         assert held_out | trained == train_names and not held_out & trained
-        assert fold.run_dir.parent.name == "r-kfold" and fold.wandb_group == "r-kfold"
+        assert fold.run_dir.parent.name == "r-kfold" and fold.group == "r-kfold"
         grouped = {name for name in held_out if name[:10] in {f"train_000{i}" for i in range(4)}}
         assert len(grouped) in (0, 4)  # train_0000..0003 share a group: all in one fold

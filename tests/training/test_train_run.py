@@ -82,11 +82,10 @@ def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_datase
     """W&B's start runs `git` in subprocesses; a DataLoader worker forked meanwhile inherits the pipe Python
     waits on for `git` to start, and the run never comes: a hang, seen when fit did not wait for W&B."""
     import pytorch_lightning as pl
-
-    from segcli.training import tracking
+    import wandb
 
     events = []
-    start_run = tracking.init_run
+    start_run = wandb.init
 
     def slow_start(**kwargs):
         time.sleep(1.0)
@@ -98,7 +97,7 @@ def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_datase
         def setup(self, trainer, pl_module, stage: str) -> None:
             events.append("fit set up")
 
-    monkeypatch.setattr(tracking, "init_run", slow_start)
+    monkeypatch.setattr(wandb, "init", slow_start)
     _train(_experiment(max_epochs=1, average=None, log_predictions=0), tiny_dataset, tmp_path,
            extra_callbacks=[FitSetUp()])  # fmt: skip
     assert events == ["W&B run started", "fit set up"]
@@ -106,21 +105,19 @@ def test_the_wandb_run_has_started_before_training_forks_its_workers(tiny_datase
 
 def test_with_wandb_disabled_no_pictures_are_made_for_it(tiny_dataset, tmp_path, monkeypatch):
     """Training samples, per-epoch predictions, the worst-images table and the W&B run folder exist for W&B alone."""
-    from segcli.training import finish
-    from segcli.training.callbacks import predictions
+    from segcli.training.trackers import wandb_tracker
 
     made = []
-    for module in (predictions, finish):
-        monkeypatch.setattr(module, "wandb_images", lambda samples, *rest: made.append(1) or [None] * len(samples))
+    monkeypatch.setattr(wandb_tracker, "wandb_images", lambda samples, *rest: made.append(1) or [None] * len(samples))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     result = _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "disabled")
     assert made == []
-    assert result.wandb_dir is None  # the summary names no W&B run folder
+    assert result.wandb_dir is None and result.trackers == {}  # the summary names no W&B run folder
     assert (result.run_dir / "worst_predictions.png").is_file()  # the run folder's own picture stays
     monkeypatch.setenv("WANDB_MODE", "offline")
     result = _train(_experiment(max_epochs=1, average=None), tiny_dataset, tmp_path / "offline")
     assert made
-    assert Path(result.wandb_dir).is_dir()
+    assert Path(result.wandb_dir).is_dir() and result.trackers == {"W&B run": result.wandb_dir}
 
 
 @pytest.mark.parametrize("kind", ["best", "latest", "ema", "average"])

@@ -1,12 +1,10 @@
-"""W&B mode selection, fallback and early start, and the `cache: ram` dataset cache."""
+"""W&B mode selection, fallback and folder, and the `cache: ram` dataset cache."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +15,10 @@ from segcli.data.dataset import RamCache, SegmentationDataset
 from segcli.data.io import list_pairs, read_image, read_mask
 from segcli.data.transforms import build_pipeline
 from segcli.errors import ConfigError
-from segcli.training import preflight, tracking
-from segcli.training.wandb_service import wandb_mode
+from segcli.training import preflight
+from segcli.training.trackers import TrackedRun, WandbTracker
+from segcli.training.trackers.wandb_tracker import wandb_mode
 from tests.inference.support import IMAGENET
-from tests.support import REPO
 
 
 @pytest.mark.parametrize(
@@ -42,19 +40,29 @@ def test_wandb_mode(offline, environment, expected, monkeypatch, tmp_path):
     assert wandb_mode(offline) == expected
 
 
-def test_wandb_that_cannot_start_online_falls_back_to_offline(monkeypatch, recwarn):
+def _tracked(output: Path, offline: bool = False) -> TrackedRun:
+    return TrackedRun(name="n", output_dir=output, run_dir=output, config={}, offline=offline, wandb_id="r")
+
+
+def test_wandb_that_cannot_start_online_falls_back_to_offline(monkeypatch, caplog, tmp_path):
+    import wandb
+
     made = []
 
     def fake_init(mode: str, **kwargs):
         made.append(mode)
         if mode == "online":
             raise ConnectionError("api.wandb.ai unreachable")
-        return object()
+        return SimpleNamespace(project="p", id="r")
 
-    monkeypatch.setattr(tracking.wandb, "init", fake_init)
-    with pytest.warns(UserWarning, match="logging offline instead"):
-        run, mode = tracking.init_run(mode="online", project="p")
-    assert mode == "offline" and made == ["online", "offline"]
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with caplog.at_level(logging.WARNING, logger="segcli"):
+        tracker = WandbTracker.start(_tracked(tmp_path))
+    assert tracker.mode == "offline" and made == ["online", "offline"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "warning: W&B could not start online (api.wandb.ai unreachable); logging offline instead"
+    ]
 
 
 def test_ram_cache_serves_the_decoded_files(tiny_dataset):
@@ -105,45 +113,14 @@ def test_channels_last_trains_a_step():
 def test_wandb_gets_an_absolute_folder(in_tmp_cwd, monkeypatch):
     """A relative --output-dir reached W&B as is; a W&B service started elsewhere (by a parent process, whose
     WANDB_SERVICE the child inherits) resolved it against its own working directory and wrote files there."""
+    import wandb
+
     received = {}
 
     def fake_init(**kwargs):
         received.update(kwargs)
-        return object(), "offline"
+        return SimpleNamespace(project="p", id="r")
 
-    monkeypatch.setattr(tracking, "init_run", fake_init)
-    logger = tracking.start_logger(project="p", name="n", run_id="r", save_dir=Path("out"), mode="offline", config={})
-    assert logger.experiment is not None  # waits for the background start
-    assert received["dir"] == str(in_tmp_cwd / "out") and Path(logger.save_dir).is_absolute()
-
-
-def test_wandbs_launch_modules_are_imported_before_torch_on_the_calling_thread():
-    """After torch they cost 1.4 s of CPU; on a thread of their own they raced torch's import and paid it."""
-    probe = (
-        "import sys\n"
-        "from segcli.training import wandb_service\n"
-        "wandb_service._setup = lambda: None\n"
-        "wandb_service.start_service('offline')\n"
-        "print('IMPORTED', 'wandb.sdk.launch.inputs.internal' in sys.modules, 'torch' in sys.modules)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LOCAL_RANK": "0", "NODE_RANK": "0"})  # fmt: skip
-    assert "IMPORTED True False" in result.stdout, result.stdout + result.stderr
-
-
-def test_the_wandb_service_starts_early_unless_disabled_or_another_process(monkeypatch):
-    from segcli.training import wandb_service
-
-    calls = []
-    monkeypatch.setattr(wandb_service, "_setup", lambda: calls.append(1))
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.delenv("NODE_RANK", raising=False)
-    wandb_service.start_service("disabled")
-    monkeypatch.setenv("LOCAL_RANK", "1")  # a second process of a multi-process run never logs
-    wandb_service.start_service("offline")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    wandb_service.start_service("offline")
-    for thread in threading.enumerate():
-        if thread.name == "segcli-wandb-service":
-            thread.join(timeout=10)
-    assert calls == [1]
+    monkeypatch.setattr(wandb, "init", fake_init)
+    tracker = WandbTracker.start(_tracked(Path("out"), offline=True))
+    assert received["dir"] == str(in_tmp_cwd / "out") and Path(tracker.save_dir).is_absolute()

@@ -91,7 +91,7 @@ class RunCheckpoints(Checkpoint):
         self.on_epoch = on_epoch or (lambda row, trainer: None)
         self.report = report
         self.sync = sync
-        """W&B's live sync of a written file (called on the writer thread)."""
+        """The trackers' live sync of a written file (called on the writer thread)."""
         self._synced: set[Path] = set()
         self.record = record
         self.best_score: float | None = None
@@ -184,15 +184,17 @@ class RunCheckpoints(Checkpoint):
             self._submit(self.run_dir.best, lambda: self._save_best(latest, epoch))
 
     def write_average(self, model: torch.nn.Module, metrics: dict[str, float], trainer: pl.Trainer, task) -> None:
-        """average_model.pth, with the average's own val scores; its val_avg/* go to W&B."""
+        """average_model.pth, with the average's own val scores; its val_avg/* go to every tracker."""
         if not trainer.is_global_zero:
             return
         payload = self._payload(trainer, task, model, own_metrics(metrics, "val_avg"))
         self._submit(self.run_dir.average, lambda: save_torch(payload, self.run_dir.average))
-        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def _submit(self, path: Path, write: Callable[[], Any]) -> None:
-        """Write on the background thread, then have W&B sync the file (once: it re-uploads changes itself)."""
+        """Write on the background thread, then have the trackers sync the file (once: W&B re-uploads changes
+        itself)."""
 
         def job() -> None:
             write()

@@ -1,12 +1,11 @@
-"""What the model sees and predicts, in W&B.
+"""What the model sees and predicts, in the trackers.
 
-- `TrainSamples`: two seeded training samples with their masks, once, when the run's first epoch ends (the
-  W&B run starts in the background and is not waited for before that).
+- `TrainSamples`: two seeded training samples with their masks, once, when the run's first epoch ends.
 - `PredictionLogger`: a fixed, seeded set of validation images whose predictions are logged after every
-  `every` validations under the same key each time (W&B's step slider then shows them evolving), with the
-  prediction and the ground truth as two mask layers. The predictions are those the validation step made
-  and scored (no extra forward pass); under several processes the images are chosen among those the
-  first process validates.
+  `every` validations under the same key each time (the trackers' step sliders then show them evolving), with
+  the prediction and the ground truth (two mask layers in W&B, drawn side by side elsewhere). The predictions
+  are those the validation step made and scored (no extra forward pass); under several processes the images
+  are chosen among those the first process validates.
 """
 
 from __future__ import annotations
@@ -18,15 +17,15 @@ from segcli.data.dataset import SegmentationDataset, derived_seed
 from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import preview_pipeline
 from segcli.drawing.pictures import Sample
-from segcli.training.tracking import wandb_images
+from segcli.training.trackers import Trackers
 
 SAMPLES_LOGGED = 2
 KEY = "val/predictions"
 
 
 class TrainSamples(pl.Callback):
-    def __init__(self, plan, seed: int):
-        self.plan, self.seed = plan, seed
+    def __init__(self, plan, trackers: Trackers, seed: int):
+        self.plan, self.trackers, self.seed = plan, trackers, seed
 
     def on_train_epoch_end(self, trainer: pl.Trainer, task) -> None:
         if trainer.current_epoch != 0 or not trainer.is_global_zero:
@@ -34,15 +33,16 @@ class TrainSamples(pl.Callback):
         plan = self.plan
         pairs = choose_pairs(plan.pairs["train"], SAMPLES_LOGGED, self.seed)
         samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup)
-        images = wandb_images(samples, plan.class_names, plan.experiment.ignore_index)
-        trainer.logger.experiment.log({"samples/train": images, "trainer/global_step": trainer.global_step})
+        self.trackers.log_samples(
+            "samples/train", samples, plan.class_names, plan.experiment.ignore_index, trainer.global_step
+        )
 
 
 class PredictionLogger(pl.Callback):
     """The chosen val images' predictions, taken from the validation steps that make them anyway."""
 
-    def __init__(self, plan, dataset: SegmentationDataset):
-        self.plan, self.dataset = plan, dataset
+    def __init__(self, plan, dataset: SegmentationDataset, trackers: Trackers):
+        self.plan, self.dataset, self.trackers = plan, dataset, trackers
         self.every = plan.experiment.log_predictions.every
         self.samples: dict[int, Sample] = {}
         """Val index -> the image as shown (val transforms, no normalisation) and its mask."""
@@ -91,5 +91,6 @@ class PredictionLogger(pl.Callback):
         caption = f"epoch {trainer.current_epoch + 1}"
         samples = [Sample(shown.name, shown.image, shown.mask, self._predicted[index], caption)
                    for index, shown in self.samples.items() if index in self._predicted]  # fmt: skip
-        images = wandb_images(samples, self.plan.class_names, self.plan.experiment.ignore_index)
-        trainer.logger.experiment.log({KEY: images, "trainer/global_step": trainer.global_step})
+        self.trackers.log_samples(
+            KEY, samples, self.plan.class_names, self.plan.experiment.ignore_index, trainer.global_step
+        )
