@@ -117,6 +117,7 @@ def train(
             config_file=config, output_dir=output_dir, offline=offline, overwrite=overwrite, force_cpu=cpu,
             progress=sys.stderr.isatty(), resume=resume, resume_from=resume_from, overrides=overrides,
             on_epoch=None if sys.stderr.isatty() else _print_epoch, on_stop_request=_print_stop_request,
+            on_warning=_print_warning,
         )  # fmt: skip
 
     if dry_run:
@@ -146,6 +147,11 @@ def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
         f"ETA {remaining}"
     )
     sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _print_warning(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from segcli.config.schema import MAX_LABEL
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGES, LABELS = "images", "labels"
@@ -162,14 +164,25 @@ def read_mask(path: Path) -> np.ndarray:
         return np.array(mask)  # a writable copy: torch warns on read-only arrays
 
 
-def label_lookup(label_map: dict[int, int] | None, max_value: int = 65535) -> np.ndarray | None:
+def label_lookup(label_map: dict[int, int] | None) -> np.ndarray | None:
     """A table stored value -> class for `label_map` (identity elsewhere), or None without a map."""
     if not label_map:
         return None
-    table = np.arange(max_value + 1, dtype=np.int64)
+    table = np.arange(MAX_LABEL + 1, dtype=np.uint16)
     for stored, label in label_map.items():
         table[stored] = label
     return table
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels (class indices, ignore values) in the smallest type that holds them, uint8 or uint16: what PIL,
+    W&B and the pictures take (int64 predictions or masks cannot be resized by PIL)."""
+    if labels.dtype == np.uint8 or labels.size == 0:
+        return labels
+    low, high = labels.min(), labels.max()
+    if low < 0 or high > MAX_LABEL:
+        return labels  # not labels at all (the dataset check reports such masks): left as they are
+    return labels.astype(np.uint8 if high < 256 else np.uint16, copy=False)
 
 
 def map_labels(mask: np.ndarray, lookup: np.ndarray | None) -> np.ndarray:
@@ -178,4 +191,4 @@ def map_labels(mask: np.ndarray, lookup: np.ndarray | None) -> np.ndarray:
     if mask.min() < 0 or mask.max() >= len(lookup):
         return mask  # values the table cannot hold are left for the check to report
     mapped = lookup[mask]
-    return mapped.astype(np.uint8) if mapped.max(initial=0) < 256 and mapped.min(initial=0) >= 0 else mapped
+    return mapped.astype(np.uint8) if mapped.max() < 256 else mapped

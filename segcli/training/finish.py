@@ -118,7 +118,7 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
         evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
     run = logger.wait_for_run()
     if logger.mode != "disabled":
-        _log_to_wandb(run, plan, checkpoints, evaluation)
+        logger.log_safely("log the final pictures", lambda: _log_to_wandb(run, plan, checkpoints, evaluation))
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
     record.write(run_dir)

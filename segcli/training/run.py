@@ -32,7 +32,7 @@ from segcli.training.finish import TrainResult, finish_run
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, check_resume_state, preflight
 from segcli.training.report import RunReport
-from segcli.training.tracking import new_run_id, start_logger, sync_file_live
+from segcli.training.tracking import new_run_id, python_warning, start_logger, sync_file_live
 from segcli.training.wandb_service import wandb_mode
 
 
@@ -64,6 +64,8 @@ class RunOptions:
     on_epoch: Callable[[dict[str, float], int], None] | None = None
     """Told after every epoch: the epoch's row and max_epochs (the CLI prints plain progress lines)."""
     on_stop_request: Callable[[], None] | None = None
+    on_warning: Callable[[str], None] = python_warning
+    """Told each warning the CLI may print (W&B trouble: training goes on without it)."""
     extra_callbacks: list = field(default_factory=list)
     """More Lightning callbacks (the benchmark's timers)."""
 
@@ -162,7 +164,7 @@ def _callbacks(
     on_epoch = options.on_epoch
     checkpoints = RunCheckpoints(
         run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
-        monitor=exp.monitor, ema=ema, report=report, sync=lambda path: sync_file_live(logger.experiment, path),
+        monitor=exp.monitor, ema=ema, report=report, sync=lambda path: sync_file_live(logger, path),
         on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
         state_every=exp.state_every_seconds,
     )  # fmt: skip
@@ -212,7 +214,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
               "run_name": options.run_name, "overrides": options.overrides,
               "normalization": plan.normalization}  # fmt: skip
     logger = start_logger(project=wandb_project(options.wandb_project), name=options.run_name, run_id=record.wandb_id,
-                          save_dir=options.output_dir, mode=mode, config=config, group=options.wandb_group)  # fmt: skip
+                          save_dir=options.output_dir, mode=mode, config=config, group=options.wandb_group,
+                          on_warning=options.on_warning)  # fmt: skip
     writer = BackgroundWriter()
     try:
         if lead:

@@ -4,12 +4,16 @@ The W&B run starts on a background thread once every check has passed (so a bad 
 half-made run), while the datasets, loaders and Trainer are made; `train` waits for it before the first
 DataLoader worker forks. The run's id is chosen up front, so `run.json` names it before W&B is up.
 The mode and the early start of W&B's service process live in `wandb_service` (no torch there).
+
+Logging to W&B never takes a training run down: the first failure (a run that cannot start, a picture W&B
+refuses, a run that ended under training) becomes one warning, and the run goes on without W&B; the run's
+own files (checkpoints, metrics.csv, the report) do not depend on it.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from wandb.sdk.lib.runid import generate_id
 
+from segcli.data.io import compact_labels
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
 from segcli.training.wandb_service import quiet_wandb
@@ -33,7 +38,15 @@ def new_run_id() -> str:
     return generate_id()
 
 
-def init_run(*, mode: str, **kwargs: Any):
+Warn = Callable[[str], None]
+"""Where a warning goes: the CLI prints it as one `warning:` line; by default, Python's warnings."""
+
+
+def python_warning(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def init_run(*, mode: str, on_warning: Warn = python_warning, **kwargs: Any):
     """wandb.init in `mode`, falling back to offline with one warning when W&B cannot start online."""
     settings = wandb.Settings(init_timeout=60, quiet=True, silent=True)
     for attempt in dict.fromkeys([mode, "offline"]):
@@ -42,7 +55,7 @@ def init_run(*, mode: str, **kwargs: Any):
         except Exception as exc:  # noqa: BLE001 - wandb raises many types for network failures
             if attempt == "offline":
                 raise
-            warnings.warn(f"W&B could not start online ({exc}); logging offline instead", stacklevel=2)
+            on_warning(f"W&B could not start online ({exc}); logging offline instead")
     raise AssertionError("unreachable")
 
 
@@ -50,12 +63,16 @@ class BackgroundWandbLogger(WandbLogger):
     """Lightning's W&B logger over a run started on a background thread; it waits for it at first use.
 
     The whole configuration goes to wandb.init, so Lightning's own hyper-parameter logging is skipped.
+    Everything segcli logs goes through `log_safely` (Lightning's metrics too): see the module docstring.
     """
 
-    def __init__(self, started: Future | None, **kwargs: Any):
+    def __init__(self, started: Future | None, on_warning: Warn = python_warning, **kwargs: Any):
         super().__init__(**kwargs)
         self._started = started
+        self.on_warning = on_warning
         self.mode: str | None = None
+        self.failure: str | None = None
+        """Why W&B was given up (its one warning); nothing more is logged from then on."""
 
     @property
     @rank_zero_experiment  # the other processes of a multi-process run get Lightning's do-nothing stand-in
@@ -64,27 +81,51 @@ class BackgroundWandbLogger(WandbLogger):
 
     def wait_for_run(self):
         """The W&B run once started (its `mode` is known from then on); None in the other processes of a
-        multi-process run, which start none."""
-        if self._experiment is None and self._started is not None:
-            self._experiment, self.mode = self._started.result()
+        multi-process run, which start none, and when it could not start (the mode is then `disabled`)."""
+        if self._experiment is None and self._started is not None and self.mode is None:
+            try:
+                self._experiment, self.mode = self._started.result()
+            except Exception as exc:  # noqa: BLE001 - wandb raises many types; training goes on without it
+                self.mode = "disabled"
+                self._give_up(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on without W&B")
         return self._experiment
+
+    def _give_up(self, message: str) -> None:
+        self.failure = message
+        self.on_warning(message)
+
+    def log_safely(self, what: str, log: Callable[[], None]) -> None:
+        """Run `log` (which makes W&B's objects and logs them) unless W&B was given up; a failure gives it up
+        with one warning, "could not <what>"."""
+        if self.failure is not None or self.wait_for_run() is None:
+            return
+        try:
+            log()
+        except Exception as exc:  # noqa: BLE001 - whatever W&B or the pictures raise, training goes on
+            detail = " ".join(str(exc).split())[:200]
+            self._give_up(f"W&B: could not {what} ({type(exc).__name__}: {detail}); training goes on without W&B "
+                          "(checkpoints, metrics.csv and the run report are complete)")  # fmt: skip
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log_safely("log the metrics", lambda: WandbLogger.log_metrics(self, metrics, step))
 
     def log_hyperparams(self, params: Any) -> None:
         pass
 
     def close(self) -> None:
         """Finish the W&B run (flushing what is queued), whether or not anything was logged."""
-        if self._started is None:  # another process of a multi-process run: nothing was started
+        run = self.wait_for_run() if self._started is not None else None
+        if run is None:  # nothing was started (another process of a multi-process run) or it could not start
             return
         try:
-            run, _ = self._started.result()
-        except Exception:  # noqa: BLE001 - a run that never started has nothing to finish
-            return
-        run.finish()
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - as in log_safely
+            if self.failure is None:  # after a failure, the run may well be past finishing: that was said once
+                self._give_up(f"W&B: could not finish the run ({type(exc).__name__}: {exc})")
 
 
 def start_logger(*, project: str, name: str, run_id: str, save_dir: Path, mode: str, config: dict,
-                 group: str | None = None) -> BackgroundWandbLogger:  # fmt: skip
+                 group: str | None = None, on_warning: Warn = python_warning) -> BackgroundWandbLogger:  # fmt: skip
     quiet_wandb()
     # Absolute: W&B's service process resolves a relative folder against its own working directory.
     save_dir = save_dir.resolve()
@@ -93,10 +134,10 @@ def start_logger(*, project: str, name: str, run_id: str, save_dir: Path, mode: 
     save_dir.mkdir(parents=True, exist_ok=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="segcli-wandb")
     started = pool.submit(init_run, mode=mode, project=project, name=name, id=run_id, resume="allow",
-                          dir=str(save_dir), config=config, group=group)  # fmt: skip
+                          dir=str(save_dir), config=config, group=group, on_warning=on_warning)  # fmt: skip
     pool.shutdown(wait=False)
-    return BackgroundWandbLogger(started, project=project, name=name, id=run_id, save_dir=str(save_dir),
-                                 log_model=False)  # fmt: skip
+    return BackgroundWandbLogger(started, on_warning, project=project, name=name, id=run_id,
+                                 save_dir=str(save_dir), log_model=False)  # fmt: skip
 
 
 def _downscaled(array: np.ndarray, nearest: bool) -> np.ndarray:
@@ -116,19 +157,29 @@ def class_labels(class_names: Sequence[str], ignore_index: int | None) -> dict[i
     return labels
 
 
+def wandb_masks(sample: Sample, labels: dict[int, str]) -> dict[str, dict]:
+    """W&B's mask layers of a sample: the ground truth and the prediction (when there is one), as small
+    integers downscaled like the image."""
+    layers = {"ground_truth": sample.mask, "prediction": sample.prediction}
+    return {layer: {"mask_data": _downscaled(compact_labels(mask), True), "class_labels": labels}
+            for layer, mask in layers.items() if mask is not None}  # fmt: skip
+
+
 def wandb_images(samples: Sequence[Sample], class_names: Sequence[str], ignore_index: int | None) -> list:
     """wandb.Image objects with the ground truth (and the prediction, when there is one) as mask layers."""
     labels = class_labels(class_names, ignore_index)
     images = []
     for sample in samples:
-        masks = {"ground_truth": {"mask_data": _downscaled(sample.mask, True), "class_labels": labels}}
-        if sample.prediction is not None:
-            masks["prediction"] = {"mask_data": _downscaled(sample.prediction, True), "class_labels": labels}
         caption = f"{sample.name} {sample.caption}".strip()
-        images.append(wandb.Image(_downscaled(display_image(sample.image), False), caption=caption, masks=masks))
+        image = _downscaled(display_image(sample.image), False)
+        images.append(wandb.Image(image, caption=caption, masks=wandb_masks(sample, labels)))
     return images
 
 
-def sync_file_live(run, path: Path) -> None:
+def sync_file_live(logger: BackgroundWandbLogger, path: Path) -> None:
     """Upload `path` now and again whenever it changes (a link in the run folder, not an artifact copy)."""
-    run.save(str(path), base_path=str(path.parent), policy="live")
+
+    def sync() -> None:
+        logger.experiment.save(str(path), base_path=str(path.parent), policy="live")
+
+    logger.log_safely(f"sync {path.name}", sync)

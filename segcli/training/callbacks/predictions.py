@@ -7,6 +7,8 @@
   prediction and the ground truth as two mask layers. The predictions are those the validation step made
   and scored (no extra forward pass); under several processes the images are chosen among those the
   first process validates.
+
+Both log through the logger's `log_safely`: a picture W&B refuses never stops training.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 
 from segcli.data.dataset import SegmentationDataset, derived_seed
+from segcli.data.io import compact_labels
 from segcli.data.samples import choose_pairs, load_samples
 from segcli.data.transforms import preview_pipeline
 from segcli.drawing.pictures import Sample
@@ -32,10 +35,14 @@ class TrainSamples(pl.Callback):
         if trainer.current_epoch != 0 or not trainer.is_global_zero:
             return  # a resumed run logged them in its first epoch
         plan = self.plan
-        pairs = choose_pairs(plan.pairs["train"], SAMPLES_LOGGED, self.seed)
-        samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup)
-        images = wandb_images(samples, plan.class_names, plan.experiment.ignore_index)
-        trainer.logger.experiment.log({"samples/train": images, "trainer/global_step": trainer.global_step})
+
+        def log() -> None:
+            pairs = choose_pairs(plan.pairs["train"], SAMPLES_LOGGED, self.seed)
+            samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup)
+            images = wandb_images(samples, plan.class_names, plan.experiment.ignore_index)
+            trainer.logger.experiment.log({"samples/train": images, "trainer/global_step": trainer.global_step})
+
+        trainer.logger.log_safely("log the training samples", log)
 
 
 class PredictionLogger(pl.Callback):
@@ -73,7 +80,7 @@ class PredictionLogger(pl.Callback):
             preview.set_random_seed(derived_seed(exp.seed, 0, index))
             shown = load_samples([self.dataset.pairs[index]], exp.model.in_channels, pipeline=preview,
                                  label_lookup=plan.label_lookup)[0]  # fmt: skip
-            samples[index] = Sample(shown.name, shown.image, mask.numpy().astype(np.int64))
+            samples[index] = Sample(shown.name, shown.image, compact_labels(mask.numpy()))
         return samples
 
     def on_validation_batch_end(self, trainer: pl.Trainer, task, outputs, batch, batch_idx: int,
@@ -83,7 +90,7 @@ class PredictionLogger(pl.Callback):
             return
         for row, index in enumerate(self._batches[batch_idx]):
             if index in self.samples:
-                self._predicted[index] = outputs[row].cpu().numpy()
+                self._predicted[index] = compact_labels(outputs[row].cpu().numpy())
 
     def on_validation_end(self, trainer: pl.Trainer, task) -> None:
         if not self._logs_this_epoch(trainer) or not self._predicted:
@@ -91,5 +98,9 @@ class PredictionLogger(pl.Callback):
         caption = f"epoch {trainer.current_epoch + 1}"
         samples = [Sample(shown.name, shown.image, shown.mask, self._predicted[index], caption)
                    for index, shown in self.samples.items() if index in self._predicted]  # fmt: skip
-        images = wandb_images(samples, self.plan.class_names, self.plan.experiment.ignore_index)
-        trainer.logger.experiment.log({KEY: images, "trainer/global_step": trainer.global_step})
+
+        def log() -> None:
+            images = wandb_images(samples, self.plan.class_names, self.plan.experiment.ignore_index)
+            trainer.logger.experiment.log({KEY: images, "trainer/global_step": trainer.global_step})
+
+        trainer.logger.log_safely("log the validation predictions", log)
