@@ -171,7 +171,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
 
 
-CACHE_VERSION = 2  # bumped when the report gains fields: older entries are simply recomputed
+CACHE_VERSION = 3  # bumped when the report gains fields or files are read differently: old entries are recomputed
 
 
 def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from segcli.data.check_report import (
     NAMES_KEPT,
@@ -31,7 +30,7 @@ from segcli.data.check_report import (
     read_cached,
     write_cached,
 )
-from segcli.data.io import IMAGES, LABELS, Pair, decode_image, label_lookup, map_labels, scan_folder
+from segcli.data.io import IMAGES, LABELS, Pair, decode_image, label_lookup, map_labels, read_mask, scan_folder
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 VOID_SHARE = 0.9  # a value just past the classes in this share of the masks looks like a void label
@@ -76,9 +75,7 @@ def _inspect_pair(
     problems = result.problems
     image = _inspect_image(pair, split, result)
     try:
-        with Image.open(pair.mask) as opened:
-            opened.load()  # decode fully: a truncated file fails here, not in the middle of training
-            mask = np.asarray(opened)
+        mask = read_mask(pair.mask)  # decoded fully: a truncated file fails here, not in the middle of training
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for undecodable files
         problems.append(Problem("unreadable-mask", split, pair.mask.name, f"cannot decode the mask ({exc})"))
         return result

@@ -1,9 +1,12 @@
 """Dataset layout and file reading, shared by the dataset check, training, previews and inference (no torch).
 
-Images are read at their full depth: 8- and 16-bit PNG/JPEG/BMP through OpenCV (the fastest decoder for
-the common case), TIFF through tifffile, which reads any number of bands, planar or interleaved, integer
-or float, and every page (OpenCV reads at most 4 channels of the first page and mangles more). A
-multi-page TIFF is read as bands, one page each; it is never silently cut to its first page.
+Images are read at their full depth: 8- and 16-bit PNG/JPEG/BMP/PPM/PGM and WebP through OpenCV (the
+fastest decoder for the common case), TIFF through tifffile, which reads any number of bands, planar or
+interleaved, integer or float, and every page (OpenCV reads at most 4 channels of the first page and
+mangles more). A multi-page TIFF is read as bands, one page each; it is never silently cut to its first
+page. GIF images go through Pillow, as the RGB colours their palette stands for (OpenCV gives 3 or 4
+channels depending on the file's transparency). Masks are read with Pillow, so a palette PNG's or GIF's
+indices are the labels.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from PIL import Image
 
 from segcli.config.schema import MAX_LABEL
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
+GIF_SUFFIX, WEBP_SUFFIX = ".gif", ".webp"
 IMAGES, LABELS = "images", "labels"
 
 
@@ -85,6 +89,8 @@ def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
     """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _decode_tiff(path, data)
+    if path.suffix.lower() == GIF_SUFFIX:
+        return _decode_gif(path, data)
     if data is None:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     else:
@@ -98,6 +104,14 @@ def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
+
+
+def _decode_gif(path: Path, data: bytes | None) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as gif:
+            return np.array(gif.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):  # Pillow's errors for undecodable files
+        raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)") from None
 
 
 def _decode_tiff(path: Path, data: bytes | None) -> np.ndarray:
@@ -156,12 +170,16 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Label values as stored. PIL keeps palette PNGs as class indices (cv2 would expand them to colour)."""
+    """Label values as stored. PIL keeps palette PNGs and GIFs as class indices (cv2 would expand them to
+    colour). WebP has no grey mode: a grey mask saved as WebP comes back as three equal channels, read as one."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         image = decode_image(path)
         return image[:, :, 0] if image.shape[2] == 1 else image
     with Image.open(path) as mask:
-        return np.array(mask)  # a writable copy: torch warns on read-only arrays
+        mode, array = mask.mode, np.array(mask)  # a writable copy: torch warns on read-only arrays
+    if path.suffix.lower() == WEBP_SUFFIX and mode == "RGB" and (array == array[:, :, :1]).all():
+        return np.ascontiguousarray(array[:, :, 0])
+    return array
 
 
 def label_lookup(label_map: dict[int, int] | None) -> np.ndarray | None:

@@ -13,7 +13,7 @@ import torch
 
 from segcli.config.schema import Experiment
 from segcli.data.checks import check_dataset
-from segcli.data.io import read_image, read_mask
+from segcli.data.io import decode_image, read_image, read_mask
 from segcli.data.synthetic import make_sample
 from segcli.training.run import RunOptions, train
 from tests.inference.support import read_png, run_main
@@ -106,6 +106,78 @@ def test_float_tiff_and_multipage_tiff_are_read_whole(tmp_path):
         writer.write(np.zeros((4, 4), np.uint8))
     with pytest.raises(OSError, match="multi-page TIFF odd.tif has 2 pages"):
         read_image(tmp_path / "odd.tif", 1)
+
+
+def test_gif_ppm_pgm_and_webp_images_are_read_as_written(tmp_path):
+    """They were "not an image file (ignored)" in the dataset check and "no images" for predict."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    grey = rng.integers(0, 4096, (9, 11), dtype=np.uint16)  # 12-bit data in a 16-bit PGM
+    Image.fromarray(rgb).save(tmp_path / "pillow.ppm")
+    cv2.imwrite(str(tmp_path / "opencv.ppm"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "deep.pgm"), grey)
+    Image.fromarray(rgb).save(tmp_path / "lossless.webp", lossless=True)
+    palette = Image.fromarray(rgb).quantize(colors=16)  # a GIF holds palette indices
+    palette.save(tmp_path / "photo.gif")
+    for name in ("pillow.ppm", "opencv.ppm", "lossless.webp"):
+        assert np.array_equal(read_image(tmp_path / name, 3), rgb), name
+    deep = read_image(tmp_path / "deep.pgm", 1)
+    assert deep.dtype == np.uint16 and np.array_equal(deep[:, :, 0], grey)
+    gif = read_image(tmp_path / "photo.gif", 3)
+    assert gif.dtype == np.uint8 and np.array_equal(gif, np.array(palette.convert("RGB")))  # the palette's colours
+    transparent = Image.fromarray(rgb).quantize(colors=16)
+    transparent.save(tmp_path / "transparent.gif", transparency=0)  # OpenCV decodes this one as 4 channels
+    assert decode_image(tmp_path / "transparent.gif").shape == (9, 11, 3)  # every GIF has 3: one channel count
+    (tmp_path / "broken.gif").write_bytes((tmp_path / "photo.gif").read_bytes()[:40])
+    with pytest.raises(OSError, match="cannot decode image broken.gif"):
+        read_image(tmp_path / "broken.gif", 3)
+
+
+def test_gif_pgm_and_webp_masks_hold_their_labels(tmp_path):
+    """A palette GIF's indices are its labels, like a palette PNG's; PGM and lossless WebP masks hold values."""
+    from PIL import Image
+
+    labels = np.random.default_rng(1).integers(0, 3, (9, 11), dtype=np.uint8)
+    indexed = Image.fromarray(labels, mode="P")
+    indexed.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])  # colours that are not the labels
+    indexed.save(tmp_path / "indexed.gif")
+    assert np.array_equal(read_mask(tmp_path / "indexed.gif"), labels)
+    binary = np.where(labels > 0, 255, 0).astype(np.uint8)  # a vessel mask saved as 0/255
+    Image.fromarray(binary).save(tmp_path / "binary.gif", optimize=False)
+    assert np.array_equal(read_mask(tmp_path / "binary.gif"), binary)
+    Image.fromarray(labels).save(tmp_path / "labels.pgm")
+    Image.fromarray(labels).save(tmp_path / "labels.webp", lossless=True)
+    for name in ("labels.pgm", "labels.webp"):
+        assert np.array_equal(read_mask(tmp_path / name), labels), name
+
+
+def test_a_dataset_of_gif_ppm_pgm_and_webp_files_is_checked_and_predicted(tmp_path, capsys):
+    """The retinal-vessel layouts: PPM or GIF photos, 0/255 GIF masks (`label_map: {255: 1}`); WebP and PGM too."""
+    from PIL import Image
+
+    from tests.inference.support import make_checkpoint
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(2)
+    files = {"train": [("a.ppm", "a.gif"), ("b.webp", "b.webp")], "val": [("c.gif", "c.pgm"), ("d.ppm", "d.gif")]}
+    for split, names in files.items():
+        for image_name, mask_name in names:
+            rgb, labels = make_sample(SIZE, rng)
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "labels").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(root / split / "images" / image_name, lossless=True)
+            mask = np.where(labels > 0, 255, 0).astype(np.uint8)
+            Image.fromarray(mask).save(root / split / "labels" / mask_name, optimize=False, lossless=True)
+    report = check_dataset(root, ["train", "val"], ["background", "vessel"], workers=1, label_map={255: 1})
+    assert report.problems == [] and report.splits["train"].pairs == 2 and report.splits["val"].pairs == 2
+    assert report.splits["train"].class_pixels[1] > 0  # 255 counted as the vessel class
+    cv2.imwrite(str(root / "val" / "images" / "e.pgm"), (rgb.mean(2) * 16).astype(np.uint16))  # 16-bit grey
+    checkpoint = make_checkpoint(tmp_path / "model.pth", class_names=["background", "vessel"])
+    result = run_main(capsys, "predict", checkpoint, root / "val" / "images", "-o", tmp_path / "masks")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "masks").glob("*.png")) == ["c.png", "d.png", "e.png"]
 
 
 # --- training on them --------------------------------------------------------------------------
