@@ -22,8 +22,6 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from segcli.artifacts import (
     json_number,
     sidecar_document,
 )
-from segcli.errors import ConfigError, StorageError
+from segcli.errors import ConfigError, MissingPackageError, StorageError
 from segcli.files import save_torch, write_json
 from segcli.inference.loading import (
     ENSEMBLE_KEYS,
@@ -304,18 +302,6 @@ def _check_opset(opset: int) -> None:
         raise ConfigError(f"--opset {opset}: this torch exports opsets {low} to {high} (default {DEFAULT_OPSET})")
 
 
-@contextmanager
-def _optional_dependency(extra: str) -> Iterator[None]:
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if exc.name in ("onnx", "onnxscript", "onnxruntime"):
-            raise ConfigError(
-                f"this needs the `{exc.name}` package, an optional extra: pip install 'segcli[{extra}]'"
-            ) from None
-        raise
-
-
 def _move_into_place(staged: Path, output: Path) -> None:
     if output.is_dir() and not output.is_symlink():
         shutil.rmtree(output)
@@ -329,8 +315,12 @@ def _move_into_place(staged: Path, output: Path) -> None:
 
 def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset: int) -> dict[str, Any]:
     """The TorchScript-based exporter (dynamo=False): it needs no onnxscript and keeps H and W dynamic."""
+    try:
+        import onnx  # torch's exporter needs it, and reports its absence as an opset it cannot export
+    except ImportError:
+        raise MissingPackageError("onnx", "--format onnx", "export") from None
     axes = {0: "batch", 2: "height", 3: "width"}
-    with quiet_torch_deprecations(), _optional_dependency("export"):
+    with quiet_torch_deprecations():
         try:
             torch.onnx.export(
                 model,
@@ -349,10 +339,6 @@ def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset
                 f"{str(exc).splitlines()[0][:300]}; try a newer --opset (default {DEFAULT_OPSET}) or "
                 "--format torchscript"
             ) from None
-    try:
-        import onnx
-    except ImportError:
-        return {"opset": opset}
     onnx.checker.check_model(str(path))
     return {"opset": opset, "onnx_version": onnx.__version__}
 

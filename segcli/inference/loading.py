@@ -29,7 +29,7 @@ from segcli.artifacts import (
     sidecar_path,
 )
 from segcli.config.schema import ModelConfig
-from segcli.errors import CheckpointError, ConfigError
+from segcli.errors import CheckpointError, ConfigError, MissingPackageError
 from segcli.inference.engine import Forward, InferenceOptions, Scores, masks_from, model_scores, probabilities, to_batch
 from segcli.models.registry import create_model
 
@@ -264,9 +264,7 @@ def onnx_session(path: Path):
     try:
         import onnxruntime
     except ImportError:
-        raise ConfigError(
-            "running an ONNX model needs onnxruntime, an optional extra: pip install 'segcli[export]'"
-        ) from None
+        raise MissingPackageError("onnxruntime", "running an ONNX model", "export") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     try:

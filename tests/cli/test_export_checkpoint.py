@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from segcli.inference.engine import InferenceOptions
 from segcli.inference.export import export
 from segcli.inference.loading import open_model
 from tests.inference.support import IMAGENET, TINY_CLASSES, make_checkpoint, run_main
-from tests.support import assert_user_error, fill_the_disk
+from tests.support import REPO, assert_user_error, fill_the_disk
 
 FORMATS = ["onnx", "torchscript", "state-dict", "smp"]
 
@@ -134,6 +136,73 @@ def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
     assert unchecked.returncode == 0 and "skipped (--no-check)" in unchecked.stdout
     with pytest.raises(ConfigError, match="onnxruntime"):
         open_model(run_dir / "ckpt_best.onnx")
+
+
+def test_missing_onnx_names_the_package_and_the_extra_not_the_opset(run_dir, monkeypatch, capsys):
+    """`Module onnx is not installed!` came out as "ONNX opset 17 cannot express Unet ...; try a newer --opset"."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    result = run_main(capsys, "export-checkpoint", run_dir, "--height", "64", "--width", "64")
+    assert_user_error(result, "the `onnx` package", "pip install 'segcli[export]'")
+    assert "opset" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (run_dir / "ckpt_best.onnx").exists()
+
+
+_IMPORTED_DISTRIBUTIONS = """
+import os, sys
+from importlib import metadata
+from segcli.cli.app import main
+
+sys.argv = ["segcli", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+owners = {}
+for distribution in metadata.distributions():
+    for file in distribution.files or []:
+        if file.suffix in (".py", ".so"):
+            owners[os.path.realpath(distribution.locate_file(file))] = distribution.metadata["Name"]
+files = {os.path.realpath(module.__file__) for module in list(sys.modules.values()) if getattr(module, "__file__", 0)}
+print("USED", sorted({owners[file] for file in files if file in owners} - {"segcli"}))
+"""
+
+
+def test_the_default_export_needs_nothing_beyond_the_plain_install(run_dir, tmp_path):
+    """README's set-up installs `pip install -e .`, without extras: every distribution the default export-checkpoint
+    (ONNX, checked with onnxruntime) imports must come with segcli's own dependencies. ONNX was an extra, and the
+    default format failed after `make demo`."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    def closure(requirements: list[str]) -> set[str]:
+        found: set[str] = set()
+        pending = [Requirement(text) for text in requirements]
+        while pending:
+            requirement = pending.pop()
+            name = requirement.name.lower().replace("_", "-")
+            if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+                continue
+            found.add(name)
+            try:
+                pending += [Requirement(text) for text in metadata.requires(requirement.name) or []]
+            except metadata.PackageNotFoundError:
+                pass  # a dependency for another platform or Python version
+        return found
+
+    with (REPO / "pyproject.toml").open("rb") as stream:
+        installed_with_segcli = closure(tomllib.load(stream)["project"]["dependencies"])
+    command = ["export-checkpoint", str(run_dir), "--height", "64", "--width", "64"]
+    result = subprocess.run([sys.executable, "-c", _IMPORTED_DISTRIBUTIONS, *command], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    used = next((ast.literal_eval(line[5:]) for line in result.stdout.splitlines() if line.startswith("USED ")), None)
+    assert used is not None, result.stdout + result.stderr
+    assert (run_dir / "ckpt_best.onnx").is_file()
+    used = {name.lower().replace("_", "-") for name in used}
+    assert {"onnx", "onnxruntime"} <= used  # what the default format needs
+    assert used <= installed_with_segcli, sorted(used - installed_with_segcli)
 
 
 def test_a_full_disk_is_a_user_error_and_leaves_no_export(run_dir, monkeypatch, capsys):
