@@ -90,6 +90,30 @@ def test_tiles_flip_tta_and_padding_to_the_size_multiple(images, tmp_path, capsy
     assert any(not np.array_equal(expected[stem], plain[stem]) for stem in SIZES)  # the options took effect
 
 
+@pytest.mark.parametrize("classes", [2, 4])
+def test_probability_maps_are_the_foregrounds_for_binary_models_and_one_per_class_otherwise(
+    checkpoint, images, tmp_path, capsys, classes
+):
+    """`classes: 2` (softmax) wrote <stem>/0_background.png and 1_vessel.png; vessel, membrane and cell scorers
+    (ROC AUC, best-threshold F1) want one foreground map per image, as `classes: 1` (sigmoid) writes."""
+    from segcli.data.io import read_image
+
+    names = ["background", "vessel"] if classes == 2 else None
+    model = make_checkpoint(tmp_path / "binary.pth", class_names=names, seed=5) if classes == 2 else checkpoint
+    output = tmp_path / "out"
+    result = run_main(capsys, "predict", model, images / "odd.png", "-o", output, "--probabilities", "16")
+    assert result.returncode == 0, result.stderr
+    expected = open_model(model).probabilities([read_image(images / "odd.png")], InferenceOptions())[0].numpy()
+    written = sorted(str(path.relative_to(output / "probabilities")) for path in (output / "probabilities").rglob("*"))
+    if classes == 2:
+        assert written == ["odd.png"]
+        foreground = read_png(output / "probabilities" / "odd.png")
+        assert foreground.dtype == np.uint16 and foreground.shape == SIZES["odd"]
+        assert np.abs(foreground.astype(np.int64) - np.rint(expected[1] * 65535)).max() <= 1  # class 1's probability
+    else:
+        assert written == ["odd", "odd/0_background.png", "odd/1_disc.png", "odd/2_square.png", "odd/3_triangle.png"]
+
+
 def test_user_errors(checkpoint, images, tmp_path, capsys):
     output = tmp_path / "out"
     assert_user_error(run_main(capsys, "predict", checkpoint, tmp_path / "nope.png", "-o", output), "no such file")
