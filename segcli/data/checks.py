@@ -30,9 +30,18 @@ from segcli.data.check_report import (
     read_cached,
     write_cached,
 )
-from segcli.data.io import IMAGES, LABELS, Pair, decode_image, label_lookup, map_labels, read_mask, scan_folder
+from segcli.data.io import (
+    IMAGES,
+    JPEG_SUFFIXES,
+    LABELS,
+    Pair,
+    decode_image,
+    label_lookup,
+    map_labels,
+    read_mask,
+    scan_folder,
+)
 
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 VOID_SHARE = 0.9  # a value just past the classes in this share of the masks looks like a void label
 STATS_STRIDE = 4
 
@@ -51,14 +60,10 @@ class _PairResult:
 
 
 def _inspect_image(pair: Pair, split: str, result: _PairResult) -> np.ndarray | None:
-    data = pair.image.read_bytes()
     try:
-        if not _complete(pair.image, data):
-            raise OSError("truncated")
-        image = decode_image(pair.image, data)
-    except OSError as exc:
-        detail = str(exc) if "TIFF" in str(exc) else "cannot decode the image (corrupt or truncated?)"
-        result.problems.append(Problem("unreadable-image", split, pair.image.name, detail))
+        image = decode_image(pair.image)
+    except OSError as exc:  # the reason predict gives when it skips the same file
+        result.problems.append(Problem("unreadable-image", split, pair.image.name, str(exc)))
         return None
     result.size, result.channels, result.dtype = image.shape[:2], image.shape[2], image.dtype.name
     if image.dtype != np.uint8 and image.size:
@@ -106,13 +111,6 @@ def _inspect_pair(
         problems.append(Problem("mask-values", split, pair.mask.name, detail))
     result.counts = counts
     return result
-
-
-def _complete(path: Path, data: bytes) -> bool:
-    """cv2 decodes a truncated JPEG into a half-grey picture without failing: look for its end marker."""
-    if path.suffix.lower() in JPEG_SUFFIXES:
-        return b"\xff\xd9" in data[-1024:]
-    return True
 
 
 def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:

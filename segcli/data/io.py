@@ -11,7 +11,6 @@ indices are the labels.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from segcli.config.schema import MAX_LABEL
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
 GIF_SUFFIX, WEBP_SUFFIX = ".gif", ".webp"
 IMAGES, LABELS = "images", "labels"
 
@@ -85,16 +85,18 @@ def list_pairs(root: Path, split: str) -> list[Pair]:
 # --- images ---------------------------------------------------------------------------------------
 
 
-def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
-    """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable."""
+def decode_image(path: Path) -> np.ndarray:
+    """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable:
+    the one rule for what is readable, which the dataset check, training and inference all apply."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return _decode_tiff(path, data)
+        return _decode_tiff(path)
     if path.suffix.lower() == GIF_SUFFIX:
-        return _decode_gif(path, data)
-    if data is None:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    else:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        return _decode_gif(path)
+    data = path.read_bytes()
+    if path.suffix.lower() in JPEG_SUFFIXES and b"\xff\xd9" not in data[-1024:]:
+        # OpenCV decodes a truncated JPEG into a half-grey picture (libjpeg only prints a warning)
+        raise OSError(f"cannot decode image {path.name}: truncated (the JPEG has no end marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)")
     if image.ndim == 2:
@@ -106,17 +108,17 @@ def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
     return image
 
 
-def _decode_gif(path: Path, data: bytes | None) -> np.ndarray:
+def _decode_gif(path: Path) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as gif:
+        with Image.open(path) as gif:
             return np.array(gif.convert("RGB"))
     except (OSError, SyntaxError, ValueError):  # Pillow's errors for undecodable files
         raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)") from None
 
 
-def _decode_tiff(path: Path, data: bytes | None) -> np.ndarray:
+def _decode_tiff(path: Path) -> np.ndarray:
     try:
-        with tifffile.TiffFile(io.BytesIO(data) if data is not None else path) as tiff:
+        with tifffile.TiffFile(path) as tiff:
             series = tiff.series
             if len(series) == 1:
                 array, axes = series[0].asarray(), series[0].axes
