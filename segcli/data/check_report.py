@@ -72,9 +72,12 @@ class SplitStats:
 
     @property
     def bits_used(self) -> int | None:
-        """For integer images: the bit depth the values actually need (12 for 16-bit files holding 0..4095)."""
+        """For integer images: 8 for 8-bit files (scaled by 255 whatever their values), for deeper ones the bit
+        depth the values actually need (12 for 16-bit files holding 0..4095); None for floats."""
         if self.dtype is None or not self.dtype.startswith(("uint", "int")):
             return None
+        if self.dtype == "uint8":
+            return 8
         return max(1, int(self.max_value).bit_length())
 
     def max_pixel_value(self) -> float:

@@ -66,7 +66,7 @@ def _inspect_image(pair: Pair, split: str, result: _PairResult) -> np.ndarray | 
         result.problems.append(Problem("unreadable-image", split, pair.image.name, str(exc)))
         return None
     result.size, result.channels, result.dtype = image.shape[:2], image.shape[2], image.dtype.name
-    if image.dtype != np.uint8 and image.size:
+    if image.size:
         result.max_value = float(np.nanmax(image))
     sample = image[::STATS_STRIDE, ::STATS_STRIDE].reshape(-1, image.shape[2]).astype(np.float64)
     result.sums, result.squares, result.sampled = sample.sum(0), np.square(sample).sum(0), len(sample)

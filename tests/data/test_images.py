@@ -89,6 +89,46 @@ def test_sixteen_bit_pngs_keep_their_depth_and_the_check_names_it(tmp_path):
     assert "uint16, max" in result.stdout and "12-bit data" in result.stdout
 
 
+@pytest.mark.parametrize("kind", ["8-bit", "12-in-16-bit", "float"])
+def test_the_bit_depth_reported_is_the_one_in_the_files(tmp_path, capsys, kind):
+    """`train --dry-run` said "uint8, 1-bit values" for ordinary 8-bit images and `validate-dataset --json` gave
+    "max_value": 0.0: the maximum was measured for deeper images only. Checked against Pillow and tifffile."""
+    import math
+
+    from PIL import Image
+
+    writers = {
+        "8-bit": (lambda rgb, labels: rgb, ".png"),
+        "12-in-16-bit": (twelve_bit_grey, ".png"),
+        "float": (lambda rgb, labels: rgb.mean(2).astype(np.float32) / 97, ".tif"),
+    }
+    image, suffix = writers[kind]
+    root = write_dataset(tmp_path / "d", image=image, mask=lambda labels: labels.astype(np.uint8), suffix=suffix)
+    train_images = sorted((root / "train" / "images").iterdir())
+    values = [tifffile.imread(path) if suffix == ".tif" else np.asarray(Image.open(path)) for path in train_images]
+    top = max(float(array.max()) for array in values)
+    expected_bits = {"8-bit": 8, "12-in-16-bit": math.ceil(math.log2(top + 1)), "float": None}[kind]
+    classes = "bg,disc,square,triangle"
+    checked = run_main(capsys, "validate-dataset", "--dataset", root, "--classes", classes, "--split", "train",
+                       "--json")  # fmt: skip
+    assert json.loads(checked.stdout)["splits"]["train"]["max_value"] == pytest.approx(top, rel=1e-6)
+    channels = 3 if kind == "8-bit" else 1
+    (tmp_path / "e.yaml").write_text(
+        f"model: {{arch: unet, encoder_name: resnet18, encoder_weights: null, in_channels: {channels}, classes: 4}}\n"
+        f"defaults: {{normalize: {'imagenet' if kind == '8-bit' else 'dataset'}}}\nexperiments: {{e: {{}}}}\n"
+    )
+    planned = run_main(capsys, "train", "-c", tmp_path / "e.yaml", "-e", "e", "--dataset", root, "--classes", classes,
+                       "--dry-run", "--output-dir", tmp_path / "out")  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    data_line = next(line for line in planned.stdout.splitlines() if line.startswith("# data:"))
+    dtype = values[0].dtype.name
+    if expected_bits:
+        assert f", {dtype}, {expected_bits}-bit values," in data_line, data_line
+    else:
+        assert f", {dtype}, " in data_line and "-bit" not in data_line, data_line
+    assert kind != "12-in-16-bit" or expected_bits == 12
+
+
 def test_float_tiff_and_multipage_tiff_are_read_whole(tmp_path):
     values = np.random.default_rng(0).random((8, 9)).astype(np.float32)
     tifffile.imwrite(tmp_path / "f.tif", values)
