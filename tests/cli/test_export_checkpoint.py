@@ -224,7 +224,7 @@ def test_user_errors(run_dir, tmp_path, capsys):
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "other.pth"), "not a segcli checkpoint")
     torch.save({"format": "segcli-checkpoint", "payload": _Exploit()}, tmp_path / "evil.pth")
     result = run_main(capsys, "export-checkpoint", tmp_path / "evil.pth")
-    assert_user_error(result, "not a readable segcli checkpoint")
+    assert_user_error(result, "not a segcli checkpoint (it is not a file of plain tensors")
     assert "this ran" not in result.stdout
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "nothing.pth"), "file not found")
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path), "neither ckpt_best.pth")
