@@ -10,7 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,13 @@ class Predictor:
         """Same-size HxWxC images -> NxKxHxW probabilities (K = 2 for a one-channel binary model)."""
         batch = to_batch(images, self.info).to(self.device)
         return probabilities(self.scores, batch, self.info.size_multiple, options)
+
+    def with_label_map(self, label_map: dict[int, int]) -> Predictor:
+        """The same model, scored against masks whose stored values `label_map` maps to its classes (added to,
+        and overriding, the map the model was trained with)."""
+        merged = {**dict(self.info.label_map or []), **label_map}
+        info = replace(self.info, label_map=[[stored, label] for stored, label in sorted(merged.items())])
+        return replace(self, info=info)
 
     def predict(self, images: Sequence[np.ndarray], options: InferenceOptions | None = None) -> list[np.ndarray]:
         """Same-size HxWxC images -> HxW class-index masks (uint8, uint16 beyond 256 classes)."""
