@@ -257,6 +257,37 @@ def test_huge_logits_pass_by_their_relative_difference_and_class_agreement(tmp_p
     assert document["model"]["class_names"] == TINY_CLASSES
 
 
+def _confident_member(path: Path, seed: int) -> Path:
+    """A checkpoint whose logits are in the hundreds, as after training: probabilities down to 1e-30 and below."""
+    make_checkpoint(path, seed=seed)
+    payload = torch.load(path, weights_only=True)
+    for key in ("segmentation_head.0.weight", "segmentation_head.0.bias"):
+        payload["state_dict"][key] = payload["state_dict"][key] * 300
+    torch.save(payload, path)
+    return path
+
+
+def test_an_ensemble_is_held_to_its_members_standard_so_a_right_export_passes_and_a_wrong_one_fails(tmp_path):
+    """The ensemble's output is the log of the members' mean probabilities (clamped at 1e-12): scaled by its own
+    range rather than the members' logits, float32 noise failed the default check (relative 1.2e-4) with 100% of
+    classes agreeing, and nothing was written."""
+    from segcli.inference.export import EnsembleModule, check_export, check_sizes
+    from segcli.inference.loading import load_checkpoint_model
+
+    members = [_confident_member(tmp_path / f"fold{seed}.pth", seed) for seed in range(3)]
+    result = export(members, "onnx", tmp_path / "ensemble.onnx", height=64, width=64)
+    assert result.written and result.check.passed, result.check.to_dict()
+    assert result.check.relative_to == "members' logits" and result.check.max_relative_diff < 1e-5
+    assert json.loads(result.sidecar.read_text())["check"]["relative_to"] == "members' logits"
+    other = [*members[:2], _confident_member(tmp_path / "other.pth", 7)]  # one member is not the one exported
+    wrong = export(other, "onnx", tmp_path / "other.onnx", height=64, width=64, check=False).path
+    model = EnsembleModule([load_checkpoint_model(path)[0] for path in members], binary=False).eval()
+    check = check_export(model, wrong, result.info, check_sizes(64, 64, 1), tolerance=1e-4)
+    assert not check.passed and check.max_relative_diff > 1e-3, check.to_dict()
+    single = export(members[0], "onnx", tmp_path / "single.onnx", height=64, width=64)
+    assert single.check.passed and single.check.relative_to == "logits"  # one model: its logits, as before
+
+
 def test_disagreeing_classes_fail_the_check(tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path / "ckpt_best.pth")
     result = run_main(capsys, "export-checkpoint", checkpoint, "--height", "64", "--width", "64",
