@@ -3,8 +3,8 @@
 Each image and mask is decoded exactly once, in parallel threads (the decoders release the GIL). Results
 stream into per-split counters, so memory does not grow with the dataset. Besides problems, the check
 measures what training needs to know about the images: dtype, the bit depth actually used, and
-per-channel mean/std (from every 4th row and column: the same figures to 3 digits, at a fraction of the
-cost of the decode).
+per-channel means and their covariances (from every 4th row and column: the same figures to 3 digits, at a
+fraction of the cost of the decode), from which the mean/std of any channel conversion follows exactly.
 
 Longer than 300 lines: one pass over the files and every kind of problem it finds belong together;
 the report's data structures, cache and text live in check_report.py.
@@ -54,7 +54,7 @@ class _PairResult:
     dtype: str | None = None
     max_value: float = 0.0
     sums: np.ndarray | None = None  # per channel, over the sampled pixels
-    squares: np.ndarray | None = None
+    products: np.ndarray | None = None  # per pair of channels: the sum of x_i * x_j over the sampled pixels
     sampled: int = 0
     counts: np.ndarray | None = None
 
@@ -69,7 +69,7 @@ def _inspect_image(pair: Pair, split: str, result: _PairResult) -> np.ndarray | 
     if image.size:
         result.max_value = float(np.nanmax(image))
     sample = image[::STATS_STRIDE, ::STATS_STRIDE].reshape(-1, image.shape[2]).astype(np.float64)
-    result.sums, result.squares, result.sampled = sample.sum(0), np.square(sample).sum(0), len(sample)
+    result.sums, result.products, result.sampled = sample.sum(0), sample.T @ sample, len(sample)
     return image
 
 
@@ -182,10 +182,11 @@ def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, i
         if len(examples) < NAMES_KEPT:
             examples.append(pair.image.name)
         if not stats.channel_sums:
-            stats.channel_sums, stats.channel_squares = [0.0] * result.channels, [0.0] * result.channels
+            stats.channel_sums = [0.0] * result.channels
+            stats.channel_products = [[0.0] * result.channels for _ in range(result.channels)]
         if len(stats.channel_sums) == result.channels:
-            stats.channel_sums = [a + float(b) for a, b in zip(stats.channel_sums, result.sums, strict=True)]
-            stats.channel_squares = [a + float(b) for a, b in zip(stats.channel_squares, result.squares, strict=True)]
+            stats.channel_sums = (np.asarray(stats.channel_sums) + result.sums).tolist()
+            stats.channel_products = (np.asarray(stats.channel_products) + result.products).tolist()
             stats.sampled_pixels += result.sampled
     if result.counts is None:
         return

@@ -163,6 +163,17 @@ def adapt_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     raise OSError(f"{name} has {have} channel(s) but the model takes {channels} (model.in_channels)")
 
 
+LUMA = [0.299, 0.587, 0.114]  # OpenCV's RGB to grey, which `adapt_channels` applies
+CHANNEL_CONVERSIONS = {
+    (1, 3): np.ones((3, 1)),  # grey to RGB: repeated
+    (4, 3): np.eye(3, 4),  # RGBA to RGB: alpha dropped
+    (3, 1): np.array([LUMA]),  # RGB to grey: luma
+    (4, 1): np.array([[*LUMA, 0.0]]),
+}
+"""(stored channels, model channels) -> the linear map `adapt_channels` applies: every conversion segcli makes,
+and what statistics of the converted images are computed with."""
+
+
 def read_image(path: Path, channels: int = 3) -> np.ndarray:
     """HxWxC at full depth with the model's channel count."""
     return adapt_channels(decode_image(path), channels, path.name)

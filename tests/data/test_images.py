@@ -234,6 +234,36 @@ def test_twelve_bit_grey_trains_with_its_bit_depth_stored(tmp_path):
     assert result.best_metrics["val/mIoU"] > 0
 
 
+@pytest.mark.parametrize(("kind", "stored", "channels"), [("rgb-to-grey", 3, 1), ("4-bands-to-rgb", 4, 3),
+                                                        ("rgba-to-grey", 4, 1), ("grey-to-rgb", 1, 3)])  # fmt: skip
+def test_normalize_dataset_measures_the_channels_the_model_gets(tmp_path, kind, stored, channels):
+    """README's conversions (RGB to grey, 4 bands to 3, ...) with `normalize: dataset` were refused: "needs the
+    training images' statistics, and none were measured". The statistics are those of the converted images,
+    sampled as the dataset check samples (every 4th row and column)."""
+    from segcli.training.preflight import preflight
+
+    writers = {
+        3: (lambda rgb, labels: rgb, ".png"),
+        4: (four_bands, ".tif"),
+        1: (twelve_bit_grey, ".png"),
+    }
+    image, suffix = writers[stored]
+    if kind == "rgba-to-grey":  # an RGBA PNG, alpha varying
+        image, suffix = (lambda rgb, labels: np.dstack([rgb, (labels * 60 + 10).astype(np.uint8)])), ".png"
+    root = write_dataset(tmp_path / "d", image=image, mask=lambda labels: labels.astype(np.uint8), suffix=suffix)
+    experiment = Experiment.model_validate(
+        {"model": {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4,
+                   "in_channels": channels}, "normalize": "dataset"}
+    )  # fmt: skip
+    plan = preflight(experiment, dataset=root, class_names=["bg", "disc", "square", "triangle"], experiment_name="e")
+    converted = np.concatenate([read_image(path, channels)[::4, ::4].reshape(-1, channels).astype(np.float64)
+                                for path in sorted((root / "train" / "images").iterdir())])  # fmt: skip
+    scale = plan.normalization["max_pixel_value"]
+    assert plan.normalization["mode"] == "dataset" and len(plan.normalization["mean"]) == channels
+    assert plan.normalization["mean"] == pytest.approx(list(converted.mean(0) / scale), abs=2e-4)
+    assert plan.normalization["std"] == pytest.approx(list(converted.std(0) / scale), abs=2e-4)
+
+
 def test_four_band_tiffs_train_predict_and_export_with_parity(tmp_path, capsys):
     root = write_dataset(tmp_path / "d", image=four_bands, mask=lambda labels: labels.astype(np.uint8), suffix=".tif")
     model = {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4, "in_channels": 4}
