@@ -21,7 +21,7 @@ from segcli.data.io import Pair
 from segcli.data.samples import load_samples
 from segcli.drawing.pictures import Sample
 from segcli.models.metrics import predictions
-from segcli.training.tracking import wandb_images
+from segcli.training.trackers.wandb_tracker import wandb_images
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
 NAMES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist".split(",")

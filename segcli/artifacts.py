@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,18 +242,37 @@ class Checkpoint:
         return {"name": name, "value": json_number(self.metrics.get(name))}
 
 
-def load_tagged(path: Path, expected_format: str, what: str, hint: str) -> dict[str, Any]:
-    """`torch.load(weights_only=True)` of a dict whose "format" is `expected_format`: never unpickled code."""
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+
+
+def load_plain(path: Path, what: str) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain values only, never pickled code. Anything else is one
+    CheckpointError in segcli's words: torch's own (warnings about pickle protocols, advice to load with
+    weights_only=False, which would run the file's code) would mislead."""
+    import warnings
+
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ... please file an issue"
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as exc:  # noqa: BLE001 - weights_only refusals and corrupt files have many types
+        with path.open("rb") as stream:
+            archive = stream.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        if archive and not isinstance(exc, pickle.UnpicklingError):  # torch's format, cut short or damaged
+            detail = str(exc).splitlines()[0].split(". ")[0][:200]
+            raise CheckpointError(f"{path}: not a readable {what}: damaged or truncated ({detail})") from None
         raise CheckpointError(
-            f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"{path}: not a {what} (it is not a file of plain tensors; segcli never loads pickled code)"
         ) from None
+
+
+def load_tagged(path: Path, expected_format: str, what: str, hint: str) -> dict[str, Any]:
+    """`load_plain` of a dict whose "format" is `expected_format`."""
+    payload = load_plain(path, what)
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         if isinstance(payload, dict) and isinstance(payload.get("hyper_parameters"), dict):
             raise CheckpointError(
@@ -365,14 +385,9 @@ class RunRecord:
 
 def read_training_state(path: Path) -> dict[str, Any]:
     """A full-state file (Lightning's format, written by segcli train), read safely."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no training state to resume from") from None
-    except Exception as exc:  # noqa: BLE001 - refusals of weights_only and corrupt files have many types
-        raise CheckpointError(f"{path}: not a readable segcli training state ({type(exc).__name__})") from None
+    if not path.exists():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    state = load_plain(path, "segcli training state")
     hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
     if not isinstance(hparams, dict) or "experiment" not in hparams:
         raise CheckpointError(f"{path}: not a segcli training state (written by `segcli train`)")

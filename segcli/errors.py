@@ -24,6 +24,14 @@ class CheckpointError(SegcliError):
     """A checkpoint cannot be read or is not a segcli checkpoint."""
 
 
+class MissingPackageError(ConfigError):
+    """A package this needs is not installed (an install without dependencies, a hand-made environment)."""
+
+    def __init__(self, package: str, purpose: str, extra: str):
+        super().__init__(f"{purpose} needs the `{package}` package, which is not installed: pip install "
+                         f"'segcli[{extra}]'")  # fmt: skip
+
+
 class StorageError(SegcliError):
     """A file could not be written (disk full, no permission); what was there before is intact."""
 

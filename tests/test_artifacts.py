@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import pickle
 import stat
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,7 +113,7 @@ class _Exploit:
 def test_code_in_a_pickle_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"format": "segcli-checkpoint", "payload": _Exploit()}, path)
-    with pytest.raises(CheckpointError, match="not a readable segcli checkpoint"):
+    with pytest.raises(CheckpointError, match="not a segcli checkpoint .it is not a file of plain tensors"):
         read_checkpoint(path)
     assert "this ran" not in capsys.readouterr().out
 
@@ -119,6 +123,50 @@ def test_foreign_files_are_refused(tmp_path, content):
     path = tmp_path / "other.pth"
     torch.save(content, path)
     with pytest.raises(CheckpointError, match="not a segcli checkpoint"):
+        read_checkpoint(path)
+
+
+def _pickled_objects(path: Path) -> None:
+    with path.open("wb") as stream:
+        pickle.dump({"weights": collections.OrderedDict(a=1), "code": os.getcwd}, stream, protocol=4)
+
+
+def _numpy_array(path: Path) -> None:
+    with path.open("wb") as stream:
+        np.save(stream, np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        _pickled_objects,
+        lambda path: path.write_bytes(np.random.default_rng(0).bytes(3000)),
+        lambda path: path.write_text("model weights, honest\n"),
+        _numpy_array,
+    ],
+    ids=["pickle", "random-bytes", "text", "numpy"],
+)
+def test_a_pickle_or_garbage_passed_as_a_model_is_one_plain_message(tmp_path, capsys, recwarn, write):
+    """torch printed two UserWarnings ("... please file an issue"), then segcli's error ended with torch's advice to
+    re-run with weights_only=False, its "arbitrary code execution" caveat cut off: it read as a recommendation."""
+    from tests.inference.support import run_main
+    from tests.support import assert_user_error
+
+    path = tmp_path / "model.pth"
+    write(path)
+    result = run_main(capsys, "export-checkpoint", path)
+    expected = f"{path}: not a segcli checkpoint (it is not a file of plain tensors; segcli never loads pickled code)"
+    assert_user_error(result, expected)
+    assert result.stderr == f"error: {expected}\n" and "weights_only" not in result.stderr
+    assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_a_damaged_checkpoint_is_called_damaged(tmp_path):
+    path = tmp_path / "ckpt_best.pth"
+    save_torch({"format": "segcli-checkpoint", "weights": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable segcli checkpoint: damaged or truncated"):
         read_checkpoint(path)
 
 

@@ -49,6 +49,15 @@ def evaluate(
     batch_size: BatchSizeOpt = 4,
     tta: TtaOpt = None,
     resize: ResizeOpt = None,
+    label_map: Annotated[
+        Optional[str],
+        typer.Option(
+            "--label-map",
+            metavar="STORED:CLASS,...",
+            help="Map these masks' stored values to the model's classes, e.g. 255:1 for 0/255 masks (added to the "
+            "label map the model was trained with).",
+        ),
+    ] = None,
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:
@@ -63,6 +72,8 @@ def evaluate(
     env.load_env_file()
     root = env.dataset_path(dataset)
     predictor = open_models(models, inference_device(gpu, cpu))
+    if label_map is not None:
+        predictor = predictor.with_label_map(parse_label_map(label_map))
     options = inference_options(batch_size, tile, overlap, tta, resize)
     pairs = split_pairs(predictor, root, split)
     with ProgressReport(f"evaluating {split}", enabled=not json_output) as progress:
@@ -91,6 +102,23 @@ def evaluate(
         typer.echo(json.dumps(document, indent=2, allow_nan=False))
         return
     _print_table(result, predictor, root, worst)
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """`255:1` or `7:0,8:1,0:255` -> {stored value: class}."""
+    from segcli.config.schema import MAX_LABEL
+    from segcli.errors import ConfigError
+
+    mapping = {}
+    for pair in text.split(","):
+        stored, _, label = pair.strip().partition(":")
+        if not (stored.isdigit() and label.isdigit() and int(stored) <= MAX_LABEL and int(label) <= MAX_LABEL):
+            raise ConfigError(
+                f"--label-map {text}: write STORED:CLASS pairs of labels 0..{MAX_LABEL}, separated by commas, "
+                "e.g. --label-map 255:1"
+            )
+        mapping[int(stored)] = int(label)
+    return mapping
 
 
 def _print_table(result, predictor, root: Path, worst: int | None) -> None:

@@ -53,7 +53,12 @@ def export_checkpoint(
     ] = True,
     tolerance: Annotated[
         float,
-        typer.Option(min=0.0, metavar="X", help="Largest accepted max |export - PyTorch| / max |PyTorch logit|."),
+        typer.Option(
+            min=0.0,
+            metavar="X",
+            help="Largest accepted max |export - PyTorch| / max |PyTorch logit| (for an ensemble, its members' "
+            "largest logit).",
+        ),
     ] = 1e-4,
     min_agreement: Annotated[
         float,
@@ -108,7 +113,8 @@ def _print(result, tolerance: float, min_agreement: float) -> None:
                           f"max abs diff {check.max_abs_diff:.3g}, relative {check.max_relative_diff:.3g}, "
                           f"same class {check.class_agreement:.4%}")  # fmt: skip
         verdict = "passed" if result.check.passed else "FAILED"
-        table.add_row("check", f"{verdict} (tolerance {tolerance:g} relative, {min_agreement:.1%} same class)")
+        scale = "" if result.check.relative_to == "logits" else f" to the {result.check.relative_to}"
+        table.add_row("check", f"{verdict} (tolerance {tolerance:g} relative{scale}, {min_agreement:.1%} same class)")
     else:
         table.add_row("check", "skipped (--no-check)")
     if result.written:

@@ -43,8 +43,9 @@ def predict(
         typer.Option(
             "--probabilities",
             metavar="8|16",
-            help="Also write probability maps as 8- or 16-bit PNGs (the foreground's for a binary model, one per "
-            "class otherwise) under probabilities/.",
+            help="Also write probability maps as 8- or 16-bit PNGs under probabilities/: for a model of two "
+            "classes (classes: 1 or 2) one per image, <stem>.png, the foreground's (class 1); otherwise a folder "
+            "per image, <stem>/, with one <index>_<class>.png per class.",
         ),
     ] = None,
     tile: TileOpt = None,

@@ -140,7 +140,7 @@ def _value_summary(report) -> list[str]:
 def _depth(stats) -> str:
     """'uint16, max 4095: 12-bit data; mean/std per channel 0.213/0.051' (what normalize: dataset would use)."""
     text = stats.dtype
-    if stats.bits_used is not None and stats.dtype != "uint8":
+    if stats.bits_used is not None:
         text += f", max {stats.max_value:g}: {stats.bits_used}-bit data"
     elif stats.dtype.startswith("float"):
         text += f", max {stats.max_value:g}"

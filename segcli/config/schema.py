@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from segcli.errors import did_you_mean
 
+MAX_LABEL = 65535
+"""Masks are 8- or 16-bit images: every stored mask value and every class fits in 16 bits."""
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored."""
@@ -223,6 +226,17 @@ class Experiment(StrictModel):
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
+
+    @field_validator("label_map")
+    @classmethod
+    def _labels_in_range(cls, value: dict[int, int] | None) -> dict[int, int] | None:
+        for number in sorted({*value, *value.values()} if value else ()):
+            if not 0 <= number <= MAX_LABEL:
+                raise ValueError(
+                    f"{number} is not a label: masks are 8- or 16-bit images, so stored values and classes are "
+                    f"0..{MAX_LABEL}"
+                )
+        return value
 
     @field_validator("devices")
     @classmethod

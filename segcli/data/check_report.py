@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from segcli.data.io import IMAGES, LABELS
 from segcli.errors import DatasetError
 from segcli.files import write_text
@@ -41,7 +43,7 @@ class SplitStats:
     dtypes: Counter = field(default_factory=Counter)  # image dtype name -> images
     max_value: float = 0.0  # the largest pixel value of any image
     channel_sums: list[float] = field(default_factory=list)  # per channel, over sampled pixels (most common count)
-    channel_squares: list[float] = field(default_factory=list)
+    channel_products: list[list[float]] = field(default_factory=list)  # per pair of channels: sum of x_i * x_j
     sampled_pixels: int = 0
 
     def to_dict(self) -> dict:
@@ -72,9 +74,12 @@ class SplitStats:
 
     @property
     def bits_used(self) -> int | None:
-        """For integer images: the bit depth the values actually need (12 for 16-bit files holding 0..4095)."""
+        """For integer images: 8 for 8-bit files (scaled by 255 whatever their values), for deeper ones the bit
+        depth the values actually need (12 for 16-bit files holding 0..4095); None for floats."""
         if self.dtype is None or not self.dtype.startswith(("uint", "int")):
             return None
+        if self.dtype == "uint8":
+            return 8
         return max(1, int(self.max_value).bit_length())
 
     def max_pixel_value(self) -> float:
@@ -84,16 +89,19 @@ class SplitStats:
         bits = self.bits_used
         return float(2**bits - 1) if bits else 1.0
 
-    def channel_mean_std(self, max_pixel_value: float) -> tuple[list[float], list[float]] | None:
-        """Per-channel mean and std of the sampled pixels, in units of `max_pixel_value`."""
+    def channel_mean_std(
+        self, max_pixel_value: float, conversion: np.ndarray | None = None
+    ) -> tuple[list[float], list[float]] | None:
+        """Per-channel mean and std of the sampled pixels, in units of `max_pixel_value`; with a `conversion`
+        (a linear map, out x stored channels: grey to RGB, dropping alpha, luma), of the channels it makes."""
         if not self.sampled_pixels:
             return None
-        n = self.sampled_pixels
-        means = [total / n for total in self.channel_sums]
-        stds = [
-            max(squares / n - mean**2, 0.0) ** 0.5 for squares, mean in zip(self.channel_squares, means, strict=True)
-        ]
-        return [m / max_pixel_value for m in means], [s / max_pixel_value for s in stds]
+        means = np.asarray(self.channel_sums) / self.sampled_pixels
+        moments = np.asarray(self.channel_products) / self.sampled_pixels  # E[x x^T]
+        if conversion is not None:
+            means, moments = conversion @ means, conversion @ moments @ conversion.T
+        stds = np.sqrt(np.maximum(np.diag(moments) - means**2, 0.0))
+        return (means / max_pixel_value).tolist(), (stds / max_pixel_value).tolist()
 
 
 @dataclass
@@ -171,7 +179,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
 
 
-CACHE_VERSION = 2  # bumped when the report gains fields: older entries are simply recomputed
+CACHE_VERSION = 4  # bumped when the report gains fields or files are read differently: old entries are recomputed
 
 
 def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:

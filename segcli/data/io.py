@@ -1,14 +1,16 @@
 """Dataset layout and file reading, shared by the dataset check, training, previews and inference (no torch).
 
-Images are read at their full depth: 8- and 16-bit PNG/JPEG/BMP through OpenCV (the fastest decoder for
-the common case), TIFF through tifffile, which reads any number of bands, planar or interleaved, integer
-or float, and every page (OpenCV reads at most 4 channels of the first page and mangles more). A
-multi-page TIFF is read as bands, one page each; it is never silently cut to its first page.
+Images are read at their full depth: 8- and 16-bit PNG/JPEG/BMP/PPM/PGM and WebP through OpenCV (the
+fastest decoder for the common case), TIFF through tifffile, which reads any number of bands, planar or
+interleaved, integer or float, and every page (OpenCV reads at most 4 channels of the first page and
+mangles more). A multi-page TIFF is read as bands, one page each; it is never silently cut to its first
+page. GIF images go through Pillow, as the RGB colours their palette stands for (OpenCV gives 3 or 4
+channels depending on the file's transparency). Masks are read with Pillow, so a palette PNG's or GIF's
+indices are the labels.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from segcli.config.schema import MAX_LABEL
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+GIF_SUFFIX, WEBP_SUFFIX = ".gif", ".webp"
 IMAGES, LABELS = "images", "labels"
 
 
@@ -79,14 +85,18 @@ def list_pairs(root: Path, split: str) -> list[Pair]:
 # --- images ---------------------------------------------------------------------------------------
 
 
-def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
-    """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable."""
+def decode_image(path: Path) -> np.ndarray:
+    """HxWxC as stored (uint8, uint16, float32, ...), colour channels in RGB(A) order. OSError if unreadable:
+    the one rule for what is readable, which the dataset check, training and inference all apply."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return _decode_tiff(path, data)
-    if data is None:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    else:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        return _decode_tiff(path)
+    if path.suffix.lower() == GIF_SUFFIX:
+        return _decode_gif(path)
+    data = path.read_bytes()
+    if path.suffix.lower() in JPEG_SUFFIXES and b"\xff\xd9" not in data[-1024:]:
+        # OpenCV decodes a truncated JPEG into a half-grey picture (libjpeg only prints a warning)
+        raise OSError(f"cannot decode image {path.name}: truncated (the JPEG has no end marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)")
     if image.ndim == 2:
@@ -98,9 +108,17 @@ def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
     return image
 
 
-def _decode_tiff(path: Path, data: bytes | None) -> np.ndarray:
+def _decode_gif(path: Path) -> np.ndarray:
     try:
-        with tifffile.TiffFile(io.BytesIO(data) if data is not None else path) as tiff:
+        with Image.open(path) as gif:
+            return np.array(gif.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):  # Pillow's errors for undecodable files
+        raise OSError(f"cannot decode image {path.name} (corrupt or truncated?)") from None
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(path) as tiff:
             series = tiff.series
             if len(series) == 1:
                 array, axes = series[0].asarray(), series[0].axes
@@ -145,6 +163,17 @@ def adapt_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     raise OSError(f"{name} has {have} channel(s) but the model takes {channels} (model.in_channels)")
 
 
+LUMA = [0.299, 0.587, 0.114]  # OpenCV's RGB to grey, which `adapt_channels` applies
+CHANNEL_CONVERSIONS = {
+    (1, 3): np.ones((3, 1)),  # grey to RGB: repeated
+    (4, 3): np.eye(3, 4),  # RGBA to RGB: alpha dropped
+    (3, 1): np.array([LUMA]),  # RGB to grey: luma
+    (4, 1): np.array([[*LUMA, 0.0]]),
+}
+"""(stored channels, model channels) -> the linear map `adapt_channels` applies: every conversion segcli makes,
+and what statistics of the converted images are computed with."""
+
+
 def read_image(path: Path, channels: int = 3) -> np.ndarray:
     """HxWxC at full depth with the model's channel count."""
     return adapt_channels(decode_image(path), channels, path.name)
@@ -154,22 +183,37 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Label values as stored. PIL keeps palette PNGs as class indices (cv2 would expand them to colour)."""
+    """Label values as stored. PIL keeps palette PNGs and GIFs as class indices (cv2 would expand them to
+    colour). WebP has no grey mode: a grey mask saved as WebP comes back as three equal channels, read as one."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         image = decode_image(path)
         return image[:, :, 0] if image.shape[2] == 1 else image
     with Image.open(path) as mask:
-        return np.array(mask)  # a writable copy: torch warns on read-only arrays
+        mode, array = mask.mode, np.array(mask)  # a writable copy: torch warns on read-only arrays
+    if path.suffix.lower() == WEBP_SUFFIX and mode == "RGB" and (array == array[:, :, :1]).all():
+        return np.ascontiguousarray(array[:, :, 0])
+    return array
 
 
-def label_lookup(label_map: dict[int, int] | None, max_value: int = 65535) -> np.ndarray | None:
+def label_lookup(label_map: dict[int, int] | None) -> np.ndarray | None:
     """A table stored value -> class for `label_map` (identity elsewhere), or None without a map."""
     if not label_map:
         return None
-    table = np.arange(max_value + 1, dtype=np.int64)
+    table = np.arange(MAX_LABEL + 1, dtype=np.uint16)
     for stored, label in label_map.items():
         table[stored] = label
     return table
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels (class indices, ignore values) in the smallest type that holds them, uint8 or uint16: what PIL,
+    W&B and the pictures take (int64 predictions or masks cannot be resized by PIL)."""
+    if labels.dtype == np.uint8 or labels.size == 0:
+        return labels
+    low, high = labels.min(), labels.max()
+    if low < 0 or high > MAX_LABEL:
+        return labels  # not labels at all (the dataset check reports such masks): left as they are
+    return labels.astype(np.uint8 if high < 256 else np.uint16, copy=False)
 
 
 def map_labels(mask: np.ndarray, lookup: np.ndarray | None) -> np.ndarray:
@@ -178,4 +222,4 @@ def map_labels(mask: np.ndarray, lookup: np.ndarray | None) -> np.ndarray:
     if mask.min() < 0 or mask.max() >= len(lookup):
         return mask  # values the table cannot hold are left for the check to report
     mapped = lookup[mask]
-    return mapped.astype(np.uint8) if mapped.max(initial=0) < 256 and mapped.min(initial=0) >= 0 else mapped
+    return mapped.astype(np.uint8) if mapped.max() < 256 else mapped

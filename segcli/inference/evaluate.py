@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from segcli.artifacts import json_number
+from segcli.artifacts import ModelInfo, json_number
+from segcli.data.check_report import SplitStats, format_problems
 from segcli.data.checks import check_dataset_cached
 from segcli.data.io import Pair, label_lookup, list_pairs, map_labels, read_image, read_mask
 from segcli.drawing.colours import display_image
@@ -96,15 +97,49 @@ def split_pairs(predictor: Predictor, root: Path, split: str) -> list[Pair]:
     """Check the split against the model's classes (as train does) and list its pairs in file order."""
     info = predictor.info
     label_map = dict(info.label_map) if info.label_map else None
-    check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map).require_clean(
-        f"split '{split}' of {root}, checked against the model's {len(info.class_names)} classes "
-        f"(ignore_index {info.ignore_index}),"
-    )
+    report = check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map)
+    advice = label_advice(report.splits[split], info)
+    what = (f"split '{split}' of {root}, checked against the model's {len(info.class_names)} classes "
+            f"(ignore_index {info.ignore_index}),")  # fmt: skip
+    if advice:
+        others = [problem for problem in report.errors if problem.kind not in VALUE_PROBLEMS]
+        listed = f"\nIt also failed the dataset check:\n{format_problems(others)}" if others else ""
+        raise DatasetError(f"split '{split}' of {root}: {advice}{listed}")
+    report.require_clean(what)
     # In the order `predict <root>/<split>/images` reads them, so both batch the same images together.
     pairs = sorted(list_pairs(root, split), key=lambda pair: pair.image)
     if not pairs:
         raise DatasetError(f"split '{split}' of {root} has no image/mask pairs")
     return pairs
+
+
+VALUE_PROBLEMS = ("mask-values", "binary-255-masks")
+"""The dataset check's problems with mask values: the dataset check's advice for them is an experiment's."""
+
+
+def label_advice(stats: SplitStats, info: ModelInfo) -> str | None:
+    """For masks holding values the model's classes do not cover: what differs, and the `--label-map` that maps
+    them for this evaluation (the experiment keys the dataset check names do not exist here). None when none."""
+    if not stats.bad_values:
+        return None
+    values = sorted(stats.bad_values)
+    found = "; ".join(f"{value} in {stats.bad_values[value][0]} of {stats.masks_read} masks "
+                      f"(e.g. {stats.bad_values[value][1][0]})" for value in values)  # fmt: skip
+    classes = len(info.class_names)
+    ignored = "" if info.ignore_index is None else f" and its ignore_index {info.ignore_index}"
+    stored = ", ".join(f"{a} -> {b}" for a, b in info.label_map) if info.label_map else None
+    trained = f"the label map {stored}" if stored else "no label map (the masks held the class indices)"
+    if classes == 2 and len(values) == 1:  # a binary mask saved with another foreground value (0/255)
+        example = f" e.g. --label-map {values[0]}:1"
+    elif info.ignore_index is not None:  # void values of another kind
+        example = f" e.g. --label-map {','.join(f'{value}:{info.ignore_index}' for value in values)} to leave them out"
+    else:
+        example = " (the model has no ignore_index, so pixels cannot be left out)"
+    return (
+        f"its masks hold values {found}: outside the model's classes 0..{classes - 1}{ignored}. The model was "
+        f"trained with {trained}; these masks store the classes differently. Map their values to the model's "
+        f"classes for this evaluation with --label-map STORED:CLASS[,...],{example}"
+    )
 
 
 def evaluate_split(

@@ -5,8 +5,8 @@ arch/encoder, the source checkpoint and its metric) that `predict` reads back. T
 written to a temporary folder beside the output; with `check`, it is loaded back the way `predict`
 loads it and run against the PyTorch model on the same random inputs at two sizes (and two batch
 sizes). Parity is judged relative to the logits' scale (a model after one epoch can have logits near
-10^4, where an absolute 1e-3 means nothing) and by how many pixels get the same class. Only an export
-that passes is moved into place.
+10^4, where an absolute 1e-3 means nothing; for an ensemble, its members' logits: see `check_export`) and
+by how many pixels get the same class. Only an export that passes is moved into place.
 
 Several checkpoints export as one ensemble model (ONNX or TorchScript) whose output is the log of the
 members' mean probabilities: softmax (or for binary models the sigmoid) of it is that mean, so every
@@ -22,8 +22,6 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from segcli.artifacts import (
     json_number,
     sidecar_document,
 )
-from segcli.errors import ConfigError, StorageError
+from segcli.errors import ConfigError, MissingPackageError, StorageError
 from segcli.files import save_torch, write_json
 from segcli.inference.loading import (
     ENSEMBLE_KEYS,
@@ -78,6 +76,8 @@ class CheckResult:
     inputs: list[InputCheck]
     tolerance: float
     min_agreement: float
+    relative_to: str = "logits"
+    """The scale differences are divided by: the model's `logits`, or an ensemble's `members' logits`."""
 
     @property
     def max_relative_diff(self) -> float:
@@ -98,6 +98,7 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "relative_to": self.relative_to,
             "tolerance": self.tolerance,
             "min_agreement": self.min_agreement,
             "max_relative_diff": json_number(self.max_relative_diff),
@@ -277,7 +278,17 @@ def check_export(
     tolerance: float,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> CheckResult:
-    """Load the export as `predict` does and compare its logits and classes with the PyTorch model's."""
+    """Load the export as `predict` does and compare its logits and classes with the PyTorch model's.
+
+    The difference is scaled by the logits float32 works at. An ensemble's output, the log of its members'
+    mean probabilities, spans at most 0..-27.6 (it is clamped at 1e-12), but its float32 error comes from the
+    members' logits, which can be in the hundreds: scaled by its own range, a correct export of confident
+    members failed at 1e-4 with every pixel's class the same (so did its probabilities: near 0.5 they move by
+    a quarter of the logits' error). Scaled by the members' largest logit, an ensemble is held to the standard
+    of each member (the log of a mean of softmaxes moves by at most twice the members' logits), and a wrong
+    member still moves it by far more.
+    """
+    ensemble = isinstance(model, EnsembleModule)
     exported = open_model(export_path, "cpu").forward
     generator = torch.Generator().manual_seed(1)
     checks = []
@@ -285,16 +296,17 @@ def check_export(
         inputs = torch.randn(batch, info.in_channels, height, width, generator=generator)
         with torch.inference_mode():
             expected = model(inputs).float()
+            logits = [member(inputs) for member in model.members] if ensemble else [expected]
         actual = exported(inputs).float()
         shape = (batch, info.in_channels, height, width)
         if actual.shape != expected.shape:
             checks.append(InputCheck(shape, float("inf"), float("inf"), 0.0))
             continue
         difference = float((actual - expected).abs().max())
-        scale = max(float(expected.abs().max()), 1.0)
+        scale = max(*(float(values.abs().max()) for values in logits), 1.0)
         agreement = float((predictions(actual) == predictions(expected)).float().mean())
         checks.append(InputCheck(shape, difference, difference / scale, agreement))
-    return CheckResult(checks, tolerance, min_agreement)
+    return CheckResult(checks, tolerance, min_agreement, "members' logits" if ensemble else "logits")
 
 
 def _check_opset(opset: int) -> None:
@@ -302,18 +314,6 @@ def _check_opset(opset: int) -> None:
     high = getattr(onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
     if not low <= opset <= high:
         raise ConfigError(f"--opset {opset}: this torch exports opsets {low} to {high} (default {DEFAULT_OPSET})")
-
-
-@contextmanager
-def _optional_dependency(extra: str) -> Iterator[None]:
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if exc.name in ("onnx", "onnxscript", "onnxruntime"):
-            raise ConfigError(
-                f"this needs the `{exc.name}` package, an optional extra: pip install 'segcli[{extra}]'"
-            ) from None
-        raise
 
 
 def _move_into_place(staged: Path, output: Path) -> None:
@@ -329,8 +329,12 @@ def _move_into_place(staged: Path, output: Path) -> None:
 
 def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset: int) -> dict[str, Any]:
     """The TorchScript-based exporter (dynamo=False): it needs no onnxscript and keeps H and W dynamic."""
+    try:
+        import onnx  # torch's exporter needs it, and reports its absence as an opset it cannot export
+    except ImportError:
+        raise MissingPackageError("onnx", "--format onnx", "export") from None
     axes = {0: "batch", 2: "height", 3: "width"}
-    with quiet_torch_deprecations(), _optional_dependency("export"):
+    with quiet_torch_deprecations():
         try:
             torch.onnx.export(
                 model,
@@ -349,10 +353,6 @@ def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset
                 f"{str(exc).splitlines()[0][:300]}; try a newer --opset (default {DEFAULT_OPSET}) or "
                 "--format torchscript"
             ) from None
-    try:
-        import onnx
-    except ImportError:
-        return {"opset": opset}
     onnx.checker.check_model(str(path))
     return {"opset": opset, "onnx_version": onnx.__version__}
 

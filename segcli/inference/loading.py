@@ -10,7 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from segcli.artifacts import (
     sidecar_path,
 )
 from segcli.config.schema import ModelConfig
-from segcli.errors import CheckpointError, ConfigError
+from segcli.errors import CheckpointError, ConfigError, MissingPackageError
 from segcli.inference.engine import Forward, InferenceOptions, Scores, masks_from, model_scores, probabilities, to_batch
 from segcli.models.registry import create_model
 
@@ -52,6 +52,13 @@ class Predictor:
         """Same-size HxWxC images -> NxKxHxW probabilities (K = 2 for a one-channel binary model)."""
         batch = to_batch(images, self.info).to(self.device)
         return probabilities(self.scores, batch, self.info.size_multiple, options)
+
+    def with_label_map(self, label_map: dict[int, int]) -> Predictor:
+        """The same model, scored against masks whose stored values `label_map` maps to its classes (added to,
+        and overriding, the map the model was trained with)."""
+        merged = {**dict(self.info.label_map or []), **label_map}
+        info = replace(self.info, label_map=[[stored, label] for stored, label in sorted(merged.items())])
+        return replace(self, info=info)
 
     def predict(self, images: Sequence[np.ndarray], options: InferenceOptions | None = None) -> list[np.ndarray]:
         """Same-size HxWxC images -> HxW class-index masks (uint8, uint16 beyond 256 classes)."""
@@ -264,9 +271,7 @@ def onnx_session(path: Path):
     try:
         import onnxruntime
     except ImportError:
-        raise ConfigError(
-            "running an ONNX model needs onnxruntime, an optional extra: pip install 'segcli[export]'"
-        ) from None
+        raise MissingPackageError("onnxruntime", "running an ONNX model", "export") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     try:

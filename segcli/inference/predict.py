@@ -146,12 +146,13 @@ def write_mask(mask: np.ndarray, path: Path) -> Path:
 
 
 def write_probabilities(probs: np.ndarray, stem: str, output: Path, info, bits: int) -> list[Path]:
-    """KxHxW probabilities as PNGs scaled to 8 or 16 bits: for a binary model the foreground's, as
-    `<stem>.png`; otherwise one per class, `<stem>/<index>_<class>.png`."""
+    """KxHxW probabilities as PNGs scaled to 8 or 16 bits: for a binary model (one sigmoid output, or two
+    softmax classes) the foreground's, class 1, as `<stem>.png` (the one map per image that binary scorers
+    take); otherwise one per class, `<stem>/<index>_<class>.png`."""
     scale, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
     quantised = np.rint(probs * scale).astype(dtype)
     folder = output / PROBABILITIES
-    if info.binary:
+    if len(info.class_names) == 2:
         return [save_image(folder / f"{stem}.png", Image.fromarray(quantised[1]))]
     return [save_image(folder / stem / f"{index}_{name}.png", Image.fromarray(quantised[index]))
             for index, name in enumerate(info.class_names)]  # fmt: skip

@@ -20,7 +20,7 @@ from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
-from segcli.data.io import Pair, label_lookup, list_pairs
+from segcli.data.io import CHANNEL_CONVERSIONS, Pair, label_lookup, list_pairs
 from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
@@ -29,7 +29,6 @@ from segcli.models.registry import size_multiple
 from segcli.models.task import SegmentationTask
 
 SPLITS = ("train", "val")
-ADAPTABLE_CHANNELS = {(1, 3), (4, 3), (3, 1), (4, 1)}  # (stored, model): grey to RGB, dropping alpha, luma
 
 
 @dataclass
@@ -92,7 +91,7 @@ def check_resume_state(state: Path, experiment: Experiment) -> tuple[int, int]:
 def _check_channels(report: DatasetReport, in_channels: int) -> int:
     """The images' channel count; it must be the model's or one segcli converts (grey <-> RGB, RGBA -> RGB)."""
     stored = report.splits["train"].channels.most_common(1)[0][0]
-    if stored != in_channels and (stored, in_channels) not in ADAPTABLE_CHANNELS:
+    if stored != in_channels and (stored, in_channels) not in CHANNEL_CONVERSIONS:
         raise ConfigError(
             f"model.in_channels is {in_channels} but the images of {report.root} have {stored} channel(s); set "
             f"`model.in_channels: {stored}`" + (" and `normalize: dataset`" if stored not in (1, 3) else "")
@@ -101,13 +100,11 @@ def _check_channels(report: DatasetReport, in_channels: int) -> int:
 
 
 def _pixel_stats(report: DatasetReport, stored: int, in_channels: int) -> PixelStats:
+    """The scale and the per-channel statistics of the images as the model gets them (after a conversion)."""
     train = report.splits["train"]
     scale = train.max_pixel_value()
-    measured = train.channel_mean_std(scale)
-    if measured is None or (stored != in_channels and stored != 1):
-        return PixelStats(scale)
-    mean, std = measured
-    return PixelStats(scale, mean * (in_channels // stored), std * (in_channels // stored))
+    measured = train.channel_mean_std(scale, CHANNEL_CONVERSIONS.get((stored, in_channels)))
+    return PixelStats(scale) if measured is None else PixelStats(scale, *measured)
 
 
 def _check_sizes(key: str, sizes: set[tuple[int, int]], multiple: int, model_label: str) -> None:

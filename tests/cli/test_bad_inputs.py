@@ -178,7 +178,7 @@ CASES = [
     Case("resume without a state", ["no training state", "without --resume"], args=["--resume"]),
     Case(
         "resume from a file that is not a state",
-        ["not a readable segcli training state"],
+        ["not a segcli training state", "segcli never loads pickled code"],
         args=["--resume-from", "afile"],
     ),
     Case(

@@ -175,9 +175,35 @@ def test_user_errors(hand_dataset, tmp_path, capsys, in_tmp_cwd):
     checkpoint = make_checkpoint(tmp_path / "c.pth", class_names=["a", "b"], ignore_index=None)
     assert_user_error(run_main(capsys, "evaluate", checkpoint), "no dataset", "--dataset")
     result = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset)
-    assert_user_error(result, "failed the dataset check", "2 classes", "mask-values")  # labels 2 and 255
+    assert_user_error(result, "values 2", "255", "classes 0..1", "--label-map")  # labels 2 and 255
     result = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset, "--split", "test")
     assert_user_error(result, "test")
+
+
+def test_masks_that_store_the_classes_differently_get_a_fix_that_works_in_evaluate(tmp_path, capsys):
+    """A softmax model trained on 0/1 masks, scored on the same masks saved as 0/255: evaluate suggested
+    `label_map` "in the experiment" or `--ignore-index 255`, and evaluate has neither."""
+    model = make_checkpoint(tmp_path / "m.pth", class_names=["background", "vessel"], seed=2)
+    rng = np.random.default_rng(4)
+    for name, stored in (("zero_one", 1), ("zero_255", 255)):
+        for index in range(2):
+            write_png(tmp_path / name / "val" / "images" / f"{index}.png",
+                      rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))  # fmt: skip
+        for index in range(2):
+            labels = (np.arange(24 * 40).reshape(24, 40) % (5 + index) == 0).astype(np.uint8)
+            write_png(tmp_path / name / "val" / "labels" / f"{index}.png", labels * stored)
+    for image in (tmp_path / "zero_one" / "val" / "images").iterdir():  # the same pictures
+        shutil.copy(image, tmp_path / "zero_255" / "val" / "images" / image.name)
+    refused = run_main(capsys, "evaluate", model, "--dataset", tmp_path / "zero_255")
+    assert_user_error(refused, "values 255", "2 of 2 masks", "no label map", "--label-map 255:1")
+    assert "experiment" not in refused.stderr and "--ignore-index" not in refused.stderr
+    mapped = run_main(capsys, "evaluate", model, "--dataset", tmp_path / "zero_255", "--label-map", "255:1", "--json")
+    assert mapped.returncode == 0, mapped.stderr
+    plain = run_main(capsys, "evaluate", model, "--dataset", tmp_path / "zero_one", "--json")
+    keys = ("mIoU", "mDCC", "pixel_accuracy", "confusion_matrix")
+    assert {key: json.loads(mapped.stdout)[key] for key in keys} == {key: json.loads(plain.stdout)[key] for key in keys}
+    assert_user_error(run_main(capsys, "evaluate", model, "--dataset", tmp_path / "zero_255", "--label-map", "255"),
+                      "--label-map 255", "STORED:CLASS")  # fmt: skip
 
 
 # --- the camvid acceptance run --------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from segcli.inference.engine import InferenceOptions
 from segcli.inference.export import export
 from segcli.inference.loading import open_model
 from tests.inference.support import IMAGENET, TINY_CLASSES, make_checkpoint, run_main
-from tests.support import assert_user_error, fill_the_disk
+from tests.support import REPO, assert_user_error, fill_the_disk
 
 FORMATS = ["onnx", "torchscript", "state-dict", "smp"]
 
@@ -136,6 +138,73 @@ def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
         open_model(run_dir / "ckpt_best.onnx")
 
 
+def test_missing_onnx_names_the_package_and_the_extra_not_the_opset(run_dir, monkeypatch, capsys):
+    """`Module onnx is not installed!` came out as "ONNX opset 17 cannot express Unet ...; try a newer --opset"."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    result = run_main(capsys, "export-checkpoint", run_dir, "--height", "64", "--width", "64")
+    assert_user_error(result, "the `onnx` package", "pip install 'segcli[export]'")
+    assert "opset" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (run_dir / "ckpt_best.onnx").exists()
+
+
+_IMPORTED_DISTRIBUTIONS = """
+import os, sys
+from importlib import metadata
+from segcli.cli.app import main
+
+sys.argv = ["segcli", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+owners = {}
+for distribution in metadata.distributions():
+    for file in distribution.files or []:
+        if file.suffix in (".py", ".so"):
+            owners[os.path.realpath(distribution.locate_file(file))] = distribution.metadata["Name"]
+files = {os.path.realpath(module.__file__) for module in list(sys.modules.values()) if getattr(module, "__file__", 0)}
+print("USED", sorted({owners[file] for file in files if file in owners} - {"segcli"}))
+"""
+
+
+def test_the_default_export_needs_nothing_beyond_the_plain_install(run_dir, tmp_path):
+    """README's set-up installs `pip install -e .`, without extras: every distribution the default export-checkpoint
+    (ONNX, checked with onnxruntime) imports must come with segcli's own dependencies. ONNX was an extra, and the
+    default format failed after `make demo`."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    def closure(requirements: list[str]) -> set[str]:
+        found: set[str] = set()
+        pending = [Requirement(text) for text in requirements]
+        while pending:
+            requirement = pending.pop()
+            name = requirement.name.lower().replace("_", "-")
+            if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+                continue
+            found.add(name)
+            try:
+                pending += [Requirement(text) for text in metadata.requires(requirement.name) or []]
+            except metadata.PackageNotFoundError:
+                pass  # a dependency for another platform or Python version
+        return found
+
+    with (REPO / "pyproject.toml").open("rb") as stream:
+        installed_with_segcli = closure(tomllib.load(stream)["project"]["dependencies"])
+    command = ["export-checkpoint", str(run_dir), "--height", "64", "--width", "64"]
+    result = subprocess.run([sys.executable, "-c", _IMPORTED_DISTRIBUTIONS, *command], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    used = next((ast.literal_eval(line[5:]) for line in result.stdout.splitlines() if line.startswith("USED ")), None)
+    assert used is not None, result.stdout + result.stderr
+    assert (run_dir / "ckpt_best.onnx").is_file()
+    used = {name.lower().replace("_", "-") for name in used}
+    assert {"onnx", "onnxruntime"} <= used  # what the default format needs
+    assert used <= installed_with_segcli, sorted(used - installed_with_segcli)
+
+
 def test_a_full_disk_is_a_user_error_and_leaves_no_export(run_dir, monkeypatch, capsys):
     fill_the_disk(monkeypatch, room=100_000)  # the state-dict bundle (~57 MB) does not fit
     result = run_main(capsys, "export-checkpoint", run_dir, "--format", "state-dict", "--no-check")
@@ -155,7 +224,7 @@ def test_user_errors(run_dir, tmp_path, capsys):
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "other.pth"), "not a segcli checkpoint")
     torch.save({"format": "segcli-checkpoint", "payload": _Exploit()}, tmp_path / "evil.pth")
     result = run_main(capsys, "export-checkpoint", tmp_path / "evil.pth")
-    assert_user_error(result, "not a readable segcli checkpoint")
+    assert_user_error(result, "not a segcli checkpoint (it is not a file of plain tensors")
     assert "this ran" not in result.stdout
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "nothing.pth"), "file not found")
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path), "neither ckpt_best.pth")
@@ -186,6 +255,37 @@ def test_huge_logits_pass_by_their_relative_difference_and_class_agreement(tmp_p
     assert max(item["max_abs_diff"] for item in check["inputs"]) > 1e-3  # what the old check refused
     assert check["max_relative_diff"] < 1e-4 and check["min_class_agreement"] >= 0.999
     assert document["model"]["class_names"] == TINY_CLASSES
+
+
+def _confident_member(path: Path, seed: int) -> Path:
+    """A checkpoint whose logits are in the hundreds, as after training: probabilities down to 1e-30 and below."""
+    make_checkpoint(path, seed=seed)
+    payload = torch.load(path, weights_only=True)
+    for key in ("segmentation_head.0.weight", "segmentation_head.0.bias"):
+        payload["state_dict"][key] = payload["state_dict"][key] * 300
+    torch.save(payload, path)
+    return path
+
+
+def test_an_ensemble_is_held_to_its_members_standard_so_a_right_export_passes_and_a_wrong_one_fails(tmp_path):
+    """The ensemble's output is the log of the members' mean probabilities (clamped at 1e-12): scaled by its own
+    range rather than the members' logits, float32 noise failed the default check (relative 1.2e-4) with 100% of
+    classes agreeing, and nothing was written."""
+    from segcli.inference.export import EnsembleModule, check_export, check_sizes
+    from segcli.inference.loading import load_checkpoint_model
+
+    members = [_confident_member(tmp_path / f"fold{seed}.pth", seed) for seed in range(3)]
+    result = export(members, "onnx", tmp_path / "ensemble.onnx", height=64, width=64)
+    assert result.written and result.check.passed, result.check.to_dict()
+    assert result.check.relative_to == "members' logits" and result.check.max_relative_diff < 1e-5
+    assert json.loads(result.sidecar.read_text())["check"]["relative_to"] == "members' logits"
+    other = [*members[:2], _confident_member(tmp_path / "other.pth", 7)]  # one member is not the one exported
+    wrong = export(other, "onnx", tmp_path / "other.onnx", height=64, width=64, check=False).path
+    model = EnsembleModule([load_checkpoint_model(path)[0] for path in members], binary=False).eval()
+    check = check_export(model, wrong, result.info, check_sizes(64, 64, 1), tolerance=1e-4)
+    assert not check.passed and check.max_relative_diff > 1e-3, check.to_dict()
+    single = export(members[0], "onnx", tmp_path / "single.onnx", height=64, width=64)
+    assert single.check.passed and single.check.relative_to == "logits"  # one model: its logits, as before
 
 
 def test_disagreeing_classes_fail_the_check(tmp_path, capsys):

@@ -61,6 +61,36 @@ def test_masks_have_the_input_size_and_unreadable_files_are_skipped(checkpoint, 
     assert len({mask.tobytes() for mask in expected.values()}) == 3
 
 
+def test_a_truncated_jpeg_is_skipped_for_the_reason_the_dataset_check_gives(checkpoint, in_tmp_cwd):
+    """predict printed libjpeg's `Premature end of JPEG file`, wrote a mask for the half-grey picture and exited 0,
+    while validate-dataset called the same file truncated: one readability rule, reported, skipped, exit 1."""
+    import cv2
+
+    from segcli.data.checks import check_dataset
+
+    root = in_tmp_cwd / "data"
+    images, labels = root / "val" / "images", root / "val" / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    picture = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(images / "whole.jpg"), picture)
+    data = (images / "whole.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for stem in ("whole", "cut"):
+        write_png(labels / f"{stem}.png", np.zeros((48, 64), np.uint8))
+    output = in_tmp_cwd / "masks"
+    result = run_segcli("predict", checkpoint, images, "--output", output, cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stderr
+    assert "Premature end" not in result.stderr and "Traceback" not in result.stderr
+    assert sorted(path.name for path in output.glob("*.png")) == ["whole.png"]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith(f"skipped {images / 'cut.jpg'}: ")]
+    assert len(skipped) == 1, result.stderr
+    reason = skipped[0].split(": ", 1)[1]
+    report = check_dataset(root, ["val"], ["background", "disc", "square", "triangle"], workers=1)
+    assert [(problem.file, problem.detail) for problem in report.errors] == [("cut.jpg", reason)]
+    assert "truncated" in reason
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "state-dict", "onnx", "smp"])
 def test_exports_predict_like_the_checkpoint(checkpoint, images, tmp_path, capsys, fmt):
     exported = export(checkpoint, fmt, tmp_path / f"model-{fmt}", height=64, width=64, check=False).path
@@ -88,6 +118,30 @@ def test_tiles_flip_tta_and_padding_to_the_size_multiple(images, tmp_path, capsy
         assert mask.shape == size
         np.testing.assert_array_equal(mask, expected[stem])
     assert any(not np.array_equal(expected[stem], plain[stem]) for stem in SIZES)  # the options took effect
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_probability_maps_are_the_foregrounds_for_binary_models_and_one_per_class_otherwise(
+    checkpoint, images, tmp_path, capsys, classes
+):
+    """`classes: 2` (softmax) wrote <stem>/0_background.png and 1_vessel.png; vessel, membrane and cell scorers
+    (ROC AUC, best-threshold F1) want one foreground map per image, as `classes: 1` (sigmoid) writes."""
+    from segcli.data.io import read_image
+
+    names = ["background", "vessel"] if classes == 2 else None
+    model = make_checkpoint(tmp_path / "binary.pth", class_names=names, seed=5) if classes == 2 else checkpoint
+    output = tmp_path / "out"
+    result = run_main(capsys, "predict", model, images / "odd.png", "-o", output, "--probabilities", "16")
+    assert result.returncode == 0, result.stderr
+    expected = open_model(model).probabilities([read_image(images / "odd.png")], InferenceOptions())[0].numpy()
+    written = sorted(str(path.relative_to(output / "probabilities")) for path in (output / "probabilities").rglob("*"))
+    if classes == 2:
+        assert written == ["odd.png"]
+        foreground = read_png(output / "probabilities" / "odd.png")
+        assert foreground.dtype == np.uint16 and foreground.shape == SIZES["odd"]
+        assert np.abs(foreground.astype(np.int64) - np.rint(expected[1] * 65535)).max() <= 1  # class 1's probability
+    else:
+        assert written == ["odd", "odd/0_background.png", "odd/1_disc.png", "odd/2_square.png", "odd/3_triangle.png"]
 
 
 def test_user_errors(checkpoint, images, tmp_path, capsys):

@@ -612,3 +612,10 @@ def test_flatten_with_prefix_and_empty():
 def test_flatten_keeps_lists_of_dicts_whole():
     transforms = [{"name": "resize", "params": {"height": 8}}]
     assert flatten({"train_transforms": transforms}) == {"train_transforms": transforms}
+
+
+def test_a_label_map_beyond_16_bits_is_refused(tmp_path):
+    """Masks are 8- or 16-bit images: the label-map table is uint16, so a larger value would wrap silently."""
+    path = write(tmp_path, MINIMAL_MODEL + "experiments:\n  e:\n    label_map: {255: 70000}\n")
+    message = config_error(path)
+    assert "experiments.e.label_map" in message and "70000 is not a label" in message and "0..65535" in message

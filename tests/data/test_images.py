@@ -13,7 +13,7 @@ import torch
 
 from segcli.config.schema import Experiment
 from segcli.data.checks import check_dataset
-from segcli.data.io import read_image, read_mask
+from segcli.data.io import decode_image, label_lookup, map_labels, read_image, read_mask
 from segcli.data.synthetic import make_sample
 from segcli.training.run import RunOptions, train
 from tests.inference.support import read_png, run_main
@@ -89,6 +89,46 @@ def test_sixteen_bit_pngs_keep_their_depth_and_the_check_names_it(tmp_path):
     assert "uint16, max" in result.stdout and "12-bit data" in result.stdout
 
 
+@pytest.mark.parametrize("kind", ["8-bit", "12-in-16-bit", "float"])
+def test_the_bit_depth_reported_is_the_one_in_the_files(tmp_path, capsys, kind):
+    """`train --dry-run` said "uint8, 1-bit values" for ordinary 8-bit images and `validate-dataset --json` gave
+    "max_value": 0.0: the maximum was measured for deeper images only. Checked against Pillow and tifffile."""
+    import math
+
+    from PIL import Image
+
+    writers = {
+        "8-bit": (lambda rgb, labels: rgb, ".png"),
+        "12-in-16-bit": (twelve_bit_grey, ".png"),
+        "float": (lambda rgb, labels: rgb.mean(2).astype(np.float32) / 97, ".tif"),
+    }
+    image, suffix = writers[kind]
+    root = write_dataset(tmp_path / "d", image=image, mask=lambda labels: labels.astype(np.uint8), suffix=suffix)
+    train_images = sorted((root / "train" / "images").iterdir())
+    values = [tifffile.imread(path) if suffix == ".tif" else np.asarray(Image.open(path)) for path in train_images]
+    top = max(float(array.max()) for array in values)
+    expected_bits = {"8-bit": 8, "12-in-16-bit": math.ceil(math.log2(top + 1)), "float": None}[kind]
+    classes = "bg,disc,square,triangle"
+    checked = run_main(capsys, "validate-dataset", "--dataset", root, "--classes", classes, "--split", "train",
+                       "--json")  # fmt: skip
+    assert json.loads(checked.stdout)["splits"]["train"]["max_value"] == pytest.approx(top, rel=1e-6)
+    channels = 3 if kind == "8-bit" else 1
+    (tmp_path / "e.yaml").write_text(
+        f"model: {{arch: unet, encoder_name: resnet18, encoder_weights: null, in_channels: {channels}, classes: 4}}\n"
+        f"defaults: {{normalize: {'imagenet' if kind == '8-bit' else 'dataset'}}}\nexperiments: {{e: {{}}}}\n"
+    )
+    planned = run_main(capsys, "train", "-c", tmp_path / "e.yaml", "-e", "e", "--dataset", root, "--classes", classes,
+                       "--dry-run", "--output-dir", tmp_path / "out")  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    data_line = next(line for line in planned.stdout.splitlines() if line.startswith("# data:"))
+    dtype = values[0].dtype.name
+    if expected_bits:
+        assert f", {dtype}, {expected_bits}-bit values," in data_line, data_line
+    else:
+        assert f", {dtype}, " in data_line and "-bit" not in data_line, data_line
+    assert kind != "12-in-16-bit" or expected_bits == 12
+
+
 def test_float_tiff_and_multipage_tiff_are_read_whole(tmp_path):
     values = np.random.default_rng(0).random((8, 9)).astype(np.float32)
     tifffile.imwrite(tmp_path / "f.tif", values)
@@ -108,6 +148,78 @@ def test_float_tiff_and_multipage_tiff_are_read_whole(tmp_path):
         read_image(tmp_path / "odd.tif", 1)
 
 
+def test_gif_ppm_pgm_and_webp_images_are_read_as_written(tmp_path):
+    """They were "not an image file (ignored)" in the dataset check and "no images" for predict."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    grey = rng.integers(0, 4096, (9, 11), dtype=np.uint16)  # 12-bit data in a 16-bit PGM
+    Image.fromarray(rgb).save(tmp_path / "pillow.ppm")
+    cv2.imwrite(str(tmp_path / "opencv.ppm"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "deep.pgm"), grey)
+    Image.fromarray(rgb).save(tmp_path / "lossless.webp", lossless=True)
+    palette = Image.fromarray(rgb).quantize(colors=16)  # a GIF holds palette indices
+    palette.save(tmp_path / "photo.gif")
+    for name in ("pillow.ppm", "opencv.ppm", "lossless.webp"):
+        assert np.array_equal(read_image(tmp_path / name, 3), rgb), name
+    deep = read_image(tmp_path / "deep.pgm", 1)
+    assert deep.dtype == np.uint16 and np.array_equal(deep[:, :, 0], grey)
+    gif = read_image(tmp_path / "photo.gif", 3)
+    assert gif.dtype == np.uint8 and np.array_equal(gif, np.array(palette.convert("RGB")))  # the palette's colours
+    transparent = Image.fromarray(rgb).quantize(colors=16)
+    transparent.save(tmp_path / "transparent.gif", transparency=0)  # OpenCV decodes this one as 4 channels
+    assert decode_image(tmp_path / "transparent.gif").shape == (9, 11, 3)  # every GIF has 3: one channel count
+    (tmp_path / "broken.gif").write_bytes((tmp_path / "photo.gif").read_bytes()[:40])
+    with pytest.raises(OSError, match="cannot decode image broken.gif"):
+        read_image(tmp_path / "broken.gif", 3)
+
+
+def test_gif_pgm_and_webp_masks_hold_their_labels(tmp_path):
+    """A palette GIF's indices are its labels, like a palette PNG's; PGM and lossless WebP masks hold values."""
+    from PIL import Image
+
+    labels = np.random.default_rng(1).integers(0, 3, (9, 11), dtype=np.uint8)
+    indexed = Image.fromarray(labels, mode="P")
+    indexed.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])  # colours that are not the labels
+    indexed.save(tmp_path / "indexed.gif")
+    assert np.array_equal(read_mask(tmp_path / "indexed.gif"), labels)
+    binary = np.where(labels > 0, 255, 0).astype(np.uint8)  # a vessel mask saved as 0/255
+    Image.fromarray(binary).save(tmp_path / "binary.gif", optimize=False)
+    assert np.array_equal(read_mask(tmp_path / "binary.gif"), binary)
+    Image.fromarray(labels).save(tmp_path / "labels.pgm")
+    Image.fromarray(labels).save(tmp_path / "labels.webp", lossless=True)
+    for name in ("labels.pgm", "labels.webp"):
+        assert np.array_equal(read_mask(tmp_path / name), labels), name
+
+
+def test_a_dataset_of_gif_ppm_pgm_and_webp_files_is_checked_and_predicted(tmp_path, capsys):
+    """The retinal-vessel layouts: PPM or GIF photos, 0/255 GIF masks (`label_map: {255: 1}`); WebP and PGM too."""
+    from PIL import Image
+
+    from tests.inference.support import make_checkpoint
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(2)
+    files = {"train": [("a.ppm", "a.gif"), ("b.webp", "b.webp")], "val": [("c.gif", "c.pgm"), ("d.ppm", "d.gif")]}
+    for split, names in files.items():
+        for image_name, mask_name in names:
+            rgb, labels = make_sample(SIZE, rng)
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "labels").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(root / split / "images" / image_name, lossless=True)
+            mask = np.where(labels > 0, 255, 0).astype(np.uint8)
+            Image.fromarray(mask).save(root / split / "labels" / mask_name, optimize=False, lossless=True)
+    report = check_dataset(root, ["train", "val"], ["background", "vessel"], workers=1, label_map={255: 1})
+    assert report.problems == [] and report.splits["train"].pairs == 2 and report.splits["val"].pairs == 2
+    assert report.splits["train"].class_pixels[1] > 0  # 255 counted as the vessel class
+    cv2.imwrite(str(root / "val" / "images" / "e.pgm"), (rgb.mean(2) * 16).astype(np.uint16))  # 16-bit grey
+    checkpoint = make_checkpoint(tmp_path / "model.pth", class_names=["background", "vessel"])
+    result = run_main(capsys, "predict", checkpoint, root / "val" / "images", "-o", tmp_path / "masks")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "masks").glob("*.png")) == ["c.png", "d.png", "e.png"]
+
+
 # --- training on them --------------------------------------------------------------------------
 
 
@@ -120,6 +232,36 @@ def test_twelve_bit_grey_trains_with_its_bit_depth_stored(tmp_path):
     assert normalization["mode"] == "dataset" and normalization["max_pixel_value"] == 4095.0
     assert 0.05 < normalization["mean"][0] < 0.95 and normalization["std"][0] > 0.01
     assert result.best_metrics["val/mIoU"] > 0
+
+
+@pytest.mark.parametrize(("kind", "stored", "channels"), [("rgb-to-grey", 3, 1), ("4-bands-to-rgb", 4, 3),
+                                                        ("rgba-to-grey", 4, 1), ("grey-to-rgb", 1, 3)])  # fmt: skip
+def test_normalize_dataset_measures_the_channels_the_model_gets(tmp_path, kind, stored, channels):
+    """README's conversions (RGB to grey, 4 bands to 3, ...) with `normalize: dataset` were refused: "needs the
+    training images' statistics, and none were measured". The statistics are those of the converted images,
+    sampled as the dataset check samples (every 4th row and column)."""
+    from segcli.training.preflight import preflight
+
+    writers = {
+        3: (lambda rgb, labels: rgb, ".png"),
+        4: (four_bands, ".tif"),
+        1: (twelve_bit_grey, ".png"),
+    }
+    image, suffix = writers[stored]
+    if kind == "rgba-to-grey":  # an RGBA PNG, alpha varying
+        image, suffix = (lambda rgb, labels: np.dstack([rgb, (labels * 60 + 10).astype(np.uint8)])), ".png"
+    root = write_dataset(tmp_path / "d", image=image, mask=lambda labels: labels.astype(np.uint8), suffix=suffix)
+    experiment = Experiment.model_validate(
+        {"model": {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4,
+                   "in_channels": channels}, "normalize": "dataset"}
+    )  # fmt: skip
+    plan = preflight(experiment, dataset=root, class_names=["bg", "disc", "square", "triangle"], experiment_name="e")
+    converted = np.concatenate([read_image(path, channels)[::4, ::4].reshape(-1, channels).astype(np.float64)
+                                for path in sorted((root / "train" / "images").iterdir())])  # fmt: skip
+    scale = plan.normalization["max_pixel_value"]
+    assert plan.normalization["mode"] == "dataset" and len(plan.normalization["mean"]) == channels
+    assert plan.normalization["mean"] == pytest.approx(list(converted.mean(0) / scale), abs=2e-4)
+    assert plan.normalization["std"] == pytest.approx(list(converted.std(0) / scale), abs=2e-4)
 
 
 def test_four_band_tiffs_train_predict_and_export_with_parity(tmp_path, capsys):
@@ -157,13 +299,11 @@ def test_binary_masks_saved_as_0_255_train_through_the_label_map(tmp_path, capsy
     output = tmp_path / "predicted"
     result = run_main(capsys, "predict", run_dir, root / "val" / "images", "-o", output, "--probabilities", "16")
     assert result.returncode == 0, result.stderr
-    if classes == 1:
-        probability = read_png(output / "probabilities" / "val_0.png")
-        assert probability.dtype == np.uint16 and probability.shape == SIZE
-        mask = read_png(output / "val_0.png")
-        assert np.array_equal(mask == 1, probability > 32767)  # the mask is the probability above 0.5
-    else:
-        assert len(list((output / "probabilities" / "val_0").glob("*.png"))) == 2
+    probability = read_png(output / "probabilities" / "val_0.png")  # the foreground's, for both set-ups
+    assert probability.dtype == np.uint16 and probability.shape == SIZE
+    mask = read_png(output / "val_0.png")
+    assert np.array_equal(mask == 1, probability > 32767)  # the mask is the probability above 0.5
+    assert not (output / "probabilities" / "val_0").exists()
     evaluation = run_main(capsys, "evaluate", run_dir, "--dataset", root, "--json")
     assert evaluation.returncode == 0, evaluation.stderr  # the stored label map applies to the labels too
 
@@ -247,3 +387,10 @@ def test_previews_show_the_chosen_bands_stretched_from_the_2nd_to_the_98th_perce
     refused = run_segcli("preview-samples", "--dataset", four_band, "--classes", "bg,disc,square,triangle",
                          "--bands", "5,2,1", "-o", tmp_path / "q.png", cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2 and "band 5 does not exist" in refused.stderr
+
+
+def test_the_label_map_table_and_mapped_masks_are_small_integers():
+    table = label_lookup({255: 1, 7: 300})
+    assert table.dtype == np.uint16  # 65536 entries: 128 KiB rather than int64's 512 KiB
+    assert map_labels(np.array([[0, 255]], np.uint8), label_lookup({255: 1})).dtype == np.uint8
+    assert map_labels(np.array([[7, 255]], np.uint8), table).tolist() == [[300, 1]]

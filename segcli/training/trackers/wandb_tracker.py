@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from segcli.config.env import wandb_project
+from segcli.data.io import compact_labels
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
 from segcli.training.trackers.base import TrackedRun, Tracker, log, one_line
@@ -67,9 +68,11 @@ def wandb_images(samples: Sequence[Sample], class_names: Sequence[str], ignore_i
     labels = class_labels(class_names, ignore_index)
     images = []
     for sample in samples:
-        masks = {"ground_truth": {"mask_data": _downscaled(sample.mask, True), "class_labels": labels}}
+        # PIL downscales 8- and 16-bit masks only; the validation step's predictions are int64
+        masks = {"ground_truth": {"mask_data": _downscaled(compact_labels(sample.mask), True), "class_labels": labels}}
         if sample.prediction is not None:
-            masks["prediction"] = {"mask_data": _downscaled(sample.prediction, True), "class_labels": labels}
+            masks["prediction"] = {"mask_data": _downscaled(compact_labels(sample.prediction), True),
+                                   "class_labels": labels}  # fmt: skip
         caption = f"{sample.name} {sample.caption}".strip()
         images.append(wandb.Image(_downscaled(display_image(sample.image), False), caption=caption, masks=masks))
     return images
