@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-EXIT_PROBLEMS = 1  # validate-dataset found problems, an export check failed, predict skipped files, a sweep failed
+EXIT_PROBLEMS = 1  # found problems: validate-dataset, an export check, predict skipped files, a sweep, list-experiments
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
 
 # --- the garbage collector during start-up -------------------------------------------------------------
