@@ -137,6 +137,18 @@ def test_every_checkpoint_kind_scores_what_it_stored(trained, tiny_dataset, kind
         assert checkpoint.metrics["val/mIoU"] == pytest.approx(result.average_metrics["val_avg/mIoU"])
 
 
+@pytest.mark.parametrize(("kind", "scored_as"), [("latest", "val"), ("ema", "val_ema"), ("average", "val_avg")])
+def test_every_checkpoint_names_its_completed_epochs_and_its_own_metric(trained, kind, scored_as):
+    """average_model.pth of a 3-epoch run stored epoch 4, and its export read "val/mIoU" for the average's own
+    score. Each file names the epochs completed and the metric under the key its weights were logged with."""
+    result, run_dir = trained
+    checkpoint = read_checkpoint(getattr(run_dir, kind))
+    assert checkpoint.epoch == 3 == len(result.history)
+    logged = result.average_metrics if kind == "average" else result.history[-1]
+    assert checkpoint.info.source["metric"] == {"name": f"{scored_as}/mIoU", "value": logged[f"{scored_as}/mIoU"]}
+    assert checkpoint.metrics["val/mIoU"] == logged[f"{scored_as}/mIoU"]  # stored under val/*, as evaluate reads
+
+
 def test_the_average_is_swa_from_its_start_epoch_with_batchnorm_refitted(trained):
     """average_model.pth scored 0.05 mIoU on camvid-mini with BatchNorm statistics averaged like weights."""
     _, run_dir = trained

@@ -183,21 +183,24 @@ class RunCheckpoints(Checkpoint):
             return True
         return score > self.best_score if self.monitor.mode == "max" else score < self.best_score
 
-    def _payload(self, trainer: pl.Trainer, task, model: torch.nn.Module, metrics: dict[str, float]) -> dict:
-        """A checkpoint of `model` whose `metrics` are that model's own val scores (under `val/*`)."""
+    def _payload(self, trainer: pl.Trainer, task, model: torch.nn.Module, metrics: dict[str, float], *,
+                 epoch: int, scored_as: str = "val") -> dict:  # fmt: skip
+        """A checkpoint of `model` after `epoch` completed epochs, whose `metrics` are that model's own val scores
+        (under `val/*`), logged under `scored_as`."""
         return CheckpointFile(
-            info=self.info, state_dict=cpu_copy(model.state_dict()), epoch=trainer.current_epoch + 1,
-            global_step=trainer.global_step, metrics=metrics, run_name=self.run_name,
-            experiment=task.experiment.model_dump(mode="json"),
+            info=self.info, state_dict=cpu_copy(model.state_dict()), epoch=epoch, global_step=trainer.global_step,
+            metrics=metrics, run_name=self.run_name, experiment=task.experiment.model_dump(mode="json"),
+            scored_as=scored_as,
         ).payload()  # fmt: skip
 
     def _write_weights(self, trainer: pl.Trainer, task, epoch: int, metrics: dict[str, float], improved: bool) -> None:
         live = {key: value for key, value in metrics.items() if not key.startswith("val_ema/")}
-        latest = self._payload(trainer, task, task.model, live)
+        latest = self._payload(trainer, task, task.model, live, epoch=epoch)
         self._submit(self.run_dir.latest, lambda: self._save_latest(latest, epoch))
         ema = None
         if self.ema is not None:
-            ema = self._payload(trainer, task, self.ema.module, own_metrics(metrics, "val_ema"))
+            ema = self._payload(trainer, task, self.ema.module, own_metrics(metrics, "val_ema"), epoch=epoch,
+                                scored_as="val_ema")  # fmt: skip
             self._submit(self.run_dir.ema, lambda: save_torch(ema, self.run_dir.ema))
         if not improved:
             return
@@ -210,7 +213,9 @@ class RunCheckpoints(Checkpoint):
         """average_model.pth, with the average's own val scores; its val_avg/* go to W&B."""
         if not trainer.is_global_zero:
             return
-        payload = self._payload(trainer, task, model, own_metrics(metrics, "val_avg"))
+        # The epochs completed: Lightning's epoch counter has already moved past the last one when training ends.
+        payload = self._payload(trainer, task, model, own_metrics(metrics, "val_avg"), epoch=self.history[-1]["epoch"],
+                                scored_as="val_avg")  # fmt: skip
         self._submit(self.run_dir.average, lambda: save_torch(payload, self.run_dir.average))
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
