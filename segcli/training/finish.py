@@ -73,7 +73,8 @@ def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
 def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None) -> None:
     summary = {}
     if checkpoints.best_matrix is not None:
-        title = f"{checkpoints.run_name}, val at epoch {checkpoints.best_epoch} (best)"
+        stage = checkpoints.monitor.metric.split("/")[0]  # val, or val_ema: the monitored weights
+        title = f"{checkpoints.run_name}, {stage} at epoch {checkpoints.best_epoch} (best)"
         summary["val/confusion_matrix"] = wandb.Image(render_confusion_matrix(checkpoints.best_matrix,
                                                                               plan.class_names, title))  # fmt: skip
     if evaluation is not None and evaluation.worst_samples:

@@ -71,13 +71,13 @@ def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best
         )
         save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title, summary.extra))
     best_row = summary.best_row
+    stage = summary.monitor.split("/")[0]  # val, or val_ema: the monitored weights
     if best and best_row:
-        stage = summary.monitor.split("/")[0]
         scores = {name: best_row.get(f"{stage}/IoU/{name}", float("nan")) for name in summary.class_names}
         chart_title = f"{summary.run_name}: {stage} IoU per class at the best epoch ({summary.best_epoch})"
         save_image(run_dir.per_class_png, per_class_chart(scores, chart_title))
     if best and summary.best_matrix is not None:
-        title = f"{summary.run_name}, val at epoch {summary.best_epoch} (best), rows normalised"
+        title = f"{summary.run_name}, {stage} at epoch {summary.best_epoch} (best), rows normalised"
         save_image(run_dir.confusion_png, render_confusion_matrix(summary.best_matrix, summary.class_names, title))
 
 

@@ -291,6 +291,20 @@ def test_monitoring_the_ema_keeps_the_ema_weights_as_best(tiny_dataset, tmp_path
     if best.epoch == 2:  # then it is the same file content as the EMA of the last epoch
         ema = read_checkpoint(run_dir.ema)
         assert all(torch.equal(best.state_dict[key], ema.state_dict[key]) for key in ema.state_dict)
+    # The best epoch's confusion matrix is the monitored (EMA) weights' own: run.json kept none, and no
+    # confusion_matrix.png was drawn. Differential: the stored matrix gives the stored EMA scores.
+    import json
+
+    from segcli.models.metrics import epoch_metrics
+
+    matrix = json.loads(run_dir.record.read_text())["report"]["best_matrix"]
+    assert matrix is not None and sum(map(sum, matrix)) == 4 * 64 * 64
+    from_matrix = epoch_metrics(torch.tensor(matrix), "val", CLASSES)
+    for key in ("val/mIoU", "val/pixel_accuracy", "val/IoU/disc"):
+        assert from_matrix[key] == pytest.approx(best.metrics[key], rel=1e-6, nan_ok=True), key
+    with Image.open(run_dir.confusion_png) as picture:
+        assert picture.width > 300 and np.asarray(picture.convert("L")).std() > 10
+    assert run_dir.confusion_png in result.report_files
 
 
 def test_a_run_that_ends_before_the_average_starts_writes_no_average(tiny_dataset, tmp_path):

@@ -28,10 +28,11 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from segcli.models.metrics import epoch_metrics
 
 
-def scored_metrics(task, model: torch.nn.Module, loader, stage: str) -> dict[str, float]:
-    """`<stage>/loss`, `<stage>/mIoU`, ... of `model` on `loader` (summed over processes)."""
+def scored_metrics(task, model: torch.nn.Module, loader, stage: str) -> tuple[dict[str, float], torch.Tensor]:
+    """`<stage>/loss`, `<stage>/mIoU`, ... of `model` on `loader`, and the confusion matrix they come from (summed
+    over processes)."""
     loss, matrix = task.score(model, loader)
-    return {f"{stage}/loss": loss, **epoch_metrics(matrix, stage, task.class_names, task.binary)}
+    return {f"{stage}/loss": loss, **epoch_metrics(matrix, stage, task.class_names, task.binary)}, matrix
 
 
 class EmaAverage(pl.Callback):
@@ -42,6 +43,8 @@ class EmaAverage(pl.Callback):
         self.last_step = 0  # the optimizer step the EMA last followed (no update without a step)
         self.module: torch.nn.Module | None = None
         self._pending: dict[str, Any] | None = None
+        self.last_matrix: torch.Tensor | None = None
+        """The val confusion matrix of the EMA weights at the latest validation."""
 
     def decay_at(self, updates: int) -> float:
         """The configured decay, ramped up as (1 + n) / (10 + n) during the warm-up steps."""
@@ -74,7 +77,7 @@ class EmaAverage(pl.Callback):
         self.updates += 1
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, task) -> None:
-        metrics = scored_metrics(task, self.module, trainer.val_dataloaders, "val_ema")
+        metrics, self.last_matrix = scored_metrics(task, self.module, trainer.val_dataloaders, "val_ema")
         task.log_scores(metrics)
 
     def state_dict(self) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class SwaAverage(pl.Callback):
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     for buffer in (module.running_mean, module.running_var):
                         buffer.copy_(trainer.strategy.reduce(buffer, reduce_op="mean"))
-        self.metrics = scored_metrics(task, model, trainer.val_dataloaders, "val_avg")
+        self.metrics, _ = scored_metrics(task, model, trainer.val_dataloaders, "val_avg")
         self.on_ready(model, self.metrics, trainer, task)
 
     def state_dict(self) -> dict[str, Any]:

@@ -149,8 +149,10 @@ class RunCheckpoints(Checkpoint):
         improved = self._is_better(score)
         if improved:
             self.best_score, self.best_epoch, self.best_metrics = score, epoch, metrics
-            if task.last_val_matrix is not None and not self.monitor.metric.startswith("val_ema/"):
-                self.best_matrix = task.last_val_matrix.tolist()
+            monitors_ema = self.monitor.metric.startswith("val_ema/")
+            matrix = self.ema.last_matrix if monitors_ema else task.last_val_matrix  # the monitored weights' own
+            if matrix is not None:
+                self.best_matrix = matrix.tolist()
         self.plateau_metric = self._plateau_value(trainer, metrics)
         last = trainer.should_stop or 0 < trainer.max_epochs <= epoch  # early stopping and Ctrl-C set should_stop
         if trainer.is_global_zero:
