@@ -250,8 +250,10 @@ def _print_summary(result, class_names: list[str]) -> None:
     table.add_row("best val/mDCC", fmt(best.get("val/mDCC")))
     if "val_ema/mIoU" in best:
         table.add_row("EMA val/mIoU (best epoch)", fmt(best.get("val_ema/mIoU")))
+    first, last = result.average_epochs or (None, None)
     if result.average_metrics:
-        table.add_row("average_model val/mIoU", fmt(result.average_metrics.get("val_avg/mIoU")))
+        span = "" if first is None else f" (epochs {first}-{last})" if first < last else f" (epoch {last})"
+        table.add_row("average_model val/mIoU", fmt(result.average_metrics.get("val_avg/mIoU")) + span)
     table.add_row("parameters", f"{result.parameters:,}")
     table.add_row("time", duration(result.seconds))
     for name, path in result.checkpoints.items():
@@ -261,6 +263,12 @@ def _print_summary(result, class_names: list[str]) -> None:
     if result.wandb_dir:
         table.add_row("W&B run", result.wandb_dir)
     console.print(table)
+    if first is not None and first != result.average_start:
+        console.print(
+            f"note: average_model.pth averages epochs {first}-{last}: averaging had begun at epoch {first}, before "
+            f"the run was extended; trained at once, the run would average from epoch {result.average_start} "
+            "(`average.start_epoch`), so the two averages differ"
+        )
     if result.wandb_mode == "offline" and result.wandb_dir:
         console.print(f"the W&B run is offline; upload it with: wandb sync {result.wandb_dir}")
     if best:

@@ -35,6 +35,10 @@ class TrainResult:
     wandb_mode: str | None
     wandb_dir: str | None = None
     average_metrics: dict[str, float] = field(default_factory=dict)
+    average_epochs: tuple[int, int] | None = None
+    """The first and last epoch in average_model.pth (1-based)."""
+    average_start: int | None = None
+    """The epoch the experiment starts the average at; an extended run's average can have begun before it."""
     report_files: list[Path] = field(default_factory=list)
     interrupted: bool = False
     resumed_from: Path | None = None
@@ -106,6 +110,8 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
         parameters=sum(p.numel() for p in plan.task.model.parameters()),
         wandb_mode=None,
         average_metrics=average_metrics,
+        average_epochs=(average.first_epoch, checkpoints.history[-1]["epoch"]) if average_metrics else None,
+        average_start=exp.average_start,
         interrupted=stop.requested,
         primary=lead,
     )

@@ -307,6 +307,37 @@ def test_monitoring_the_ema_keeps_the_ema_weights_as_best(tiny_dataset, tmp_path
     assert run_dir.confusion_png in result.report_files
 
 
+@pytest.mark.slow
+def test_an_extended_run_averages_the_epochs_a_run_trained_at_once_averages(tiny_dataset, tmp_path, capsys):
+    """A finished 2-epoch run extended to 4 kept averaging from epoch 2 (75% of the old max_epochs), so its
+    average_model.pth differed from a 4-epoch run's (CamVid: 0.2864 against 0.2977). Differential: extended and
+    uninterrupted runs write the same average. Extended once more after averaging has begun, the average keeps its
+    epochs, and the summary says how it differs."""
+    from segcli.cli.train import _print_summary
+
+    def run(folder: str, epochs: int, **options):
+        return _train(_experiment(max_epochs=epochs, log_predictions=0), tiny_dataset, tmp_path / folder, **options)
+
+    at_once = run("at-once", 4)
+    run("extended", 2)
+    extended = run("extended", 4, resume=True)
+    once, more = (read_checkpoint(RunDir(tmp_path / folder / "checkpoints" / "run").average)
+                  for folder in ("at-once", "extended"))  # fmt: skip
+    assert all(torch.equal(once.state_dict[key], more.state_dict[key]) for key in once.state_dict)
+    assert once.metrics == more.metrics and once.epoch == more.epoch == 4
+    assert extended.average_epochs == at_once.average_epochs == (3, 4)
+
+    further = run("extended", 5, resume=True)  # a 5-epoch run averages from epoch 4; this one has since epoch 3
+    assert (further.average_epochs, further.average_start) == ((3, 5), 4)
+    state = torch.load(tmp_path / "extended" / "checkpoints" / "run" / "state_latest.ckpt", weights_only=True)
+    assert int(state["callbacks"]["SwaAverage"]["averaged"]["n_averaged"]) == 3
+    capsys.readouterr()
+    _print_summary(further, CLASSES)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{further.average_metrics['val_avg/mIoU']:.4f} (epochs 3-5)" in out
+    assert "averaging had begun at epoch 3, before the run was extended" in out and "from epoch 4" in out
+
+
 def test_a_run_that_ends_before_the_average_starts_writes_no_average(tiny_dataset, tmp_path):
     """README: `average.start_epoch` after the last epoch is no error; there is simply no average_model.pth."""
     result = _train(_experiment(max_epochs=1, average={"start_epoch": 3}, log_predictions=0), tiny_dataset, tmp_path)

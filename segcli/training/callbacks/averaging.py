@@ -94,7 +94,13 @@ class EmaAverage(pl.Callback):
 
 
 class SwaAverage(pl.Callback):
-    """Averages the weights of epochs >= `start_epoch` (1-based); see the module docstring."""
+    """Averages the weights of epochs >= `start_epoch` (1-based); see the module docstring.
+
+    An extended run (`--resume --max-epochs N`) has a later default start than the run it continues. An average
+    that held only epochs before the new start is dropped, and averaging begins again at the new start: the same
+    average as a run of N epochs at once. One that already holds an epoch from the new start on cannot be made
+    that average (the earlier epochs' weights are gone): it keeps its first epoch, `first_epoch`, and goes on.
+    """
 
     def __init__(self, start_epoch: int, bn_batches: int | None = None, on_ready=None):
         self.start_epoch = start_epoch
@@ -105,6 +111,8 @@ class SwaAverage(pl.Callback):
         self._pending: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
         self.epochs: int = 0
+        self.first_epoch: int | None = None
+        """The first epoch in the average (1-based); differs from `start_epoch` only in an extended run."""
 
     def setup(self, trainer: pl.Trainer, task, stage: str) -> None:
         if self.averaged is None:
@@ -113,7 +121,10 @@ class SwaAverage(pl.Callback):
             self.load_state_dict(self._pending)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, task) -> None:
-        if trainer.current_epoch + 1 >= self.start_epoch:
+        epoch = trainer.current_epoch + 1
+        if epoch >= self.start_epoch:
+            if not self.epochs:
+                self.first_epoch = epoch
             self.averaged.update_parameters(task.model)
             self.epochs += 1
 
@@ -148,13 +159,15 @@ class SwaAverage(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if not self.epochs:  # nothing averaged yet: no copy of the weights to write every epoch
             return {"epochs": 0}
-        return {"epochs": self.epochs, "averaged": self.averaged.state_dict()}
+        return {"epochs": self.epochs, "first_epoch": self.first_epoch, "averaged": self.averaged.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.averaged is None:
             self._pending = state
             return
-        self.epochs = state["epochs"]
-        if "averaged" in state:
-            self.averaged.load_state_dict(state["averaged"])
         self._pending = None
+        epochs, first = state["epochs"], state.get("first_epoch")
+        if not epochs or (first is not None and first + epochs - 1 < self.start_epoch):
+            return  # nothing averaged from the start epoch on: averaging (re)starts there
+        self.epochs, self.first_epoch = epochs, first
+        self.averaged.load_state_dict(state["averaged"])
