@@ -292,6 +292,8 @@ def _print_per_class(console, scores: dict, class_names: list[str], title: str) 
 def _print_folds(result, class_names: list[str]) -> None:
     from rich.table import Table
 
+    if result.stopped is not None:  # Ctrl-C: the stopped fold's summary and what a single run says (exit 130)
+        _report(result.stopped, class_names)
     console = stdout_console()
     table = Table(title=f"k-fold {result.run_name}: best validation scores per fold")
     for column in ("fold", "run", "val images", "best val/mIoU", "best val/mDCC", "best epoch"):
@@ -314,5 +316,3 @@ def _print_folds(result, class_names: list[str]) -> None:
         per_class.add_row(name, *cells)
     console.print(per_class)
     console.print(f"folds, their split and this summary: {result.folder}")
-    if result.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)

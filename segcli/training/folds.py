@@ -27,6 +27,7 @@ from segcli.config.schema import Experiment
 from segcli.data.io import Pair, list_pairs
 from segcli.errors import ConfigError
 from segcli.files import write_json
+from segcli.training.finish import TrainResult
 from segcli.training.run import RunOptions, train
 
 
@@ -80,7 +81,8 @@ class KFoldResult:
     folds: list[FoldResult]
     summary: dict[str, tuple[float, float]] = field(default_factory=dict)
     """metric key -> (mean, sample std) over the folds; NaN folds (class absent) left out."""
-    interrupted: bool = False
+    stopped: TrainResult | None = None
+    """The fold run a Ctrl-C stopped (after an epoch, its state saved); the folds after it were not started."""
 
 
 def summarise(folds: list[FoldResult]) -> dict[str, tuple[float, float]]:
@@ -131,7 +133,7 @@ def train_folds(
         )
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / KFOLD_RECORD, {**(existing or {}), **document})
-    results, interrupted = [], False
+    results, stopped = [], None
     for index, (name, val) in enumerate(zip(names, split, strict=True), start=1):
         run_dir = RunDir(folder / name)
         record = RunRecord.read(run_dir) if run_dir.record.is_file() else None
@@ -146,11 +148,11 @@ def train_folds(
             if not result.primary:
                 continue
             if result.interrupted:
-                interrupted = True
+                stopped = result
                 break
         results.append(_fold_result(index, name, run_dir, len(val)))
-    outcome = KFoldResult(options.run_name, folder, results, summarise(results), interrupted)
-    if not interrupted and len(results) == folds:
+    outcome = KFoldResult(options.run_name, folder, results, summarise(results), stopped)
+    if stopped is None and len(results) == folds:
         summary = {key: {"mean": _plain(mean), "std": _plain(std)} for key, (mean, std) in outcome.summary.items()}
         write_json(folder / KFOLD_RECORD, {**document, "summary": summary})
     return outcome
