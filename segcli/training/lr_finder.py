@@ -11,10 +11,15 @@ from pytorch_lightning.tuner import Tuner
 
 from segcli.config.schema import Experiment
 from segcli.drawing.charts import lr_finder_chart
+from segcli.errors import ConfigError
 from segcli.files import BackgroundWriter, save_image
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import preflight
 from segcli.training.run import build_trainer, quiet_libraries
+
+SKIPPED_FIRST, SKIPPED_LAST = 10, 1
+"""Steps the suggestion leaves out (Lightning's defaults, passed explicitly): the noisy first ones and the last."""
+MIN_STEPS = SKIPPED_FIRST + SKIPPED_LAST + 2  # the slope of the loss needs two finite points in between
 
 
 @dataclass
@@ -22,6 +27,7 @@ class LrFinding:
     lrs: list[float]
     losses: list[float]
     suggestion: float | None
+    """None when fewer than two of the losses it reads are finite."""
 
 
 def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str,
@@ -30,6 +36,11 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
 
     Lightning restores the model's weights afterwards; nothing is written but the plot.
     """
+    if steps < MIN_STEPS:
+        raise ConfigError(
+            f"--steps {steps}: too few for a suggestion, which leaves out the first {SKIPPED_FIRST} steps and the last "
+            f"and reads the slope of the loss over the rest; use --steps {MIN_STEPS} or more (the default is 100)"
+        )
     quiet_libraries()
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
     loaders = make_loaders(plan, make_datasets(plan))
@@ -44,7 +55,7 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
                                         num_training=steps, update_attr=False, early_stop_threshold=None)  # fmt: skip
         writer.close()
     lrs, losses = finder.results["lr"], finder.results["loss"]
-    suggestion = finder.suggestion()
+    suggestion = finder.suggestion(skip_begin=SKIPPED_FIRST, skip_end=SKIPPED_LAST)
     title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
     save_image(plot, lr_finder_chart(lrs, losses, suggestion, title))
     return LrFinding(

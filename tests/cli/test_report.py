@@ -74,6 +74,22 @@ def test_find_lr_on_camvid_mini(camvid_mini, in_tmp_cwd):
     assert not list(in_tmp_cwd.glob("*.ckpt")) and not (in_tmp_cwd / "checkpoints").exists()  # nothing else left
 
 
+@pytest.mark.slow
+def test_find_lr_refuses_too_few_steps_and_names_the_fewest_that_suggest(tiny_dataset, tmp_path):
+    """`--steps 10` ran, printed Lightning's "not enough points" and blamed the loss ("did not fall"); the suggestion
+    leaves out the first 10 steps and the last one and needs 2 more: 13 is the fewest that give one."""
+    (tmp_path / "r.yaml").write_text(RUNS)
+    args = ["find-lr", "-c", "r.yaml", "-e", "a", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES, "--cpu"]
+    refused = run_segcli(*args, "--steps", "12", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
+    assert refused.stderr.startswith("error: --steps 12: too few") and "--steps 13 or more" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "lr_finder.png").exists()
+    fewest = run_segcli(*args, "--steps", "13", cwd=tmp_path)
+    assert fewest.returncode == 0, fewest.stdout + fewest.stderr[-2000:]
+    assert "suggested lr:" in fewest.stdout and "after 13 steps" in fewest.stdout
+    assert "not enough points" not in fewest.stderr
+
+
 def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_average():
     from segcli.drawing.charts import results_chart
 
