@@ -80,6 +80,11 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 mask', '3 masks'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
