@@ -350,6 +350,9 @@ class RunRecord:
     wandb_id: str | None = None
     finished: bool = False
     epochs_completed: int = 0
+    seconds: float | None = None
+    """The run's time: wall-clock seconds `segcli train` spent on it (checks, epochs, the final files), summed over
+    resumes and updated after every epoch; every summary shows this one figure. None in records older than it."""
     report: dict[str, Any] | None = None
     """Best epoch, monitor, class names and confusion matrix: what `segcli report` needs besides metrics.csv."""
 

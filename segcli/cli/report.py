@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from segcli.cli.common import fmt, start_up_done, stdout_console
+from segcli.cli.common import duration, fmt, start_up_done, stdout_console
 
 
 def report(
@@ -46,7 +46,7 @@ def report(
         ("train/mIoU (best epoch)", lambda s: fmt(s.best_row.get("train/mIoU"))),
         ("EMA val/mIoU (best epoch)", lambda s: fmt(s.best_row.get("val_ema/mIoU"))),
         ("average_model val/mIoU", lambda s: fmt(s.extra.get("val_avg/mIoU"))),
-        ("time", lambda s: f"{sum(row.get('seconds', 0) for row in s.rows):.0f} s"),
+        ("time", lambda s: "-" if s.seconds is None else duration(s.seconds)),
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(summary) for summary in summaries))

@@ -31,6 +31,7 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     seconds: float
+    """The run's time (RunRecord.seconds): what `segcli report` shows for it too."""
     parameters: int
     wandb_mode: str | None
     wandb_dir: str | None = None
@@ -53,8 +54,8 @@ class TrainResult:
         """What `--resume` of a run that already ended returns: nothing to do."""
         checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
         return cls(run_name=run_name, run_dir=run_dir.path, checkpoints=checkpoints, best_epoch=None, best_metrics={},
-                   history=[], epochs_run=record.epochs_completed, stopped_early=False, seconds=0.0, parameters=0,
-                   wandb_mode=None, finished_before=True)  # fmt: skip
+                   history=[], epochs_run=record.epochs_completed, stopped_early=False, seconds=record.seconds or 0.0,
+                   parameters=0, wandb_mode=None, finished_before=True)  # fmt: skip
 
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
@@ -94,7 +95,9 @@ def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None) -> None
         run.log(summary)
 
 
-def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, record, lead, options) -> TrainResult:
+def finish_run(
+    plan, trainer, *, checkpoints, average, stop, logger, run_dir, record, lead, options, run_seconds
+) -> TrainResult:
     exp = plan.experiment
     average_metrics = dict(average.metrics) if average is not None else {}
     result = TrainResult(
@@ -126,10 +129,12 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, logger, run_dir, re
     run = logger.wait_for_run()
     if logger.mode != "disabled":
         _log_to_wandb(run, plan, checkpoints, evaluation)
+    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
+    # Written last, once the writer is idle: its per-epoch run.json can no longer land after this one.
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
+    record.seconds = result.seconds = run_seconds()
     record.write(run_dir)
-    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip

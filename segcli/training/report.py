@@ -36,6 +36,8 @@ class RunSummary:
     monitor: str
     best_matrix: list[list[int]] | None = None
     finished: bool = False
+    seconds: float | None = None
+    """The run's time (RunRecord.seconds), as train's summary gave it."""
     extra: dict[str, float] = field(default_factory=dict)
     """Scores measured once at the end: val_avg/* of the weight average."""
 
@@ -145,6 +147,7 @@ def read_report(folder: Path) -> RunSummary:
         monitor=details.get("monitor", "val/mIoU"),
         best_matrix=details.get("best_matrix"),
         finished=record.finished,
+        seconds=record.seconds,
         extra={key: float("nan") if value is None else value for key, value in details.get("extra", {}).items()},
     )
 

@@ -153,8 +153,9 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
 
 
 def _callbacks(
-    plan: Plan, options: RunOptions, run_dir: RunDir, writer: BackgroundWriter, record: RunRecord, datasets, logger
-) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:
+    plan: Plan, options: RunOptions, run_dir: RunDir, writer: BackgroundWriter, record: RunRecord, datasets, logger,
+    run_seconds: Callable[[], float],
+) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:  # fmt: skip
     exp = plan.experiment
     ema = EmaAverage(exp.ema.decay, exp.ema.warmup_steps) if exp.ema else None
     report = RunReport(run_dir, writer, options.run_name, plan.class_names)
@@ -164,7 +165,7 @@ def _callbacks(
         run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
         monitor=exp.monitor, ema=ema, report=report, sync=lambda path: sync_file_live(logger.experiment, path),
         on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
-        state_every=exp.state_every_seconds,
+        state_every=exp.state_every_seconds, run_seconds=run_seconds,
     )  # fmt: skip
     stop = GracefulStop(options.on_stop_request)
     callbacks: list[pl.Callback] = [stop, RngState(), checkpoints, *([ema] if ema else [])]
@@ -205,6 +206,11 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
     record = record or RunRecord(options.run_name, wandb_id=new_run_id())
     record.finished = False
+    earlier = record.seconds or 0.0  # what the run took before this resume
+
+    def run_seconds() -> float:
+        return earlier + time.monotonic() - started
+
     mode = wandb_mode(options.offline)
     config = {**experiment.model_dump(mode="json"), "class_names": options.class_names,
               "dataset_path": str(options.dataset.resolve()), "experiment_name": options.experiment_name,
@@ -222,20 +228,21 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         # W&B's start runs `git` in subprocesses: a DataLoader worker forked meanwhile would inherit the pipe
         # Python waits on to see `git` start, and the run would never come (a hang). Workers fork in fit.
         logger.wait_for_run()
-        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, logger)
+        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, logger,
+                                                           run_seconds)  # fmt: skip
         trainer = build_trainer(plan, logger=logger, callbacks=callbacks, progress=options.progress, writer=writer,
                                 default_root_dir=options.output_dir)  # fmt: skip
         with stop:
             trainer.fit(plan.task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         writer.wait()
         result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, logger=logger,
-                            run_dir=run_dir, record=record, lead=lead, options=options)  # fmt: skip
+                            run_dir=run_dir, record=record, lead=lead, options=options,
+                            run_seconds=run_seconds)  # fmt: skip
     except BaseException:
         writer.close(raise_failure=False)  # the error on its way out is the one to report
         logger.close()
         raise
     writer.close()
     logger.close()
-    result.seconds = time.monotonic() - started
     result.resumed_from, result.resumed_after = resume_from, epochs_done
     return result

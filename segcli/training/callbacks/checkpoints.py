@@ -104,6 +104,7 @@ class RunCheckpoints(Checkpoint):
         report=None,
         sync: Callable[[Path], None] | None = None,
         state_every: float = 0.0,
+        run_seconds: Callable[[], float] | None = None,
     ):
         self.run_dir = run_dir
         self.writer = writer
@@ -128,6 +129,8 @@ class RunCheckpoints(Checkpoint):
         """Seconds between two writes of the training state (0: every epoch); see `_state_due`."""
         self._state_written = time.monotonic()
         self._epoch_started = time.monotonic()
+        self.run_seconds = run_seconds
+        """The run's time so far (RunRecord.seconds), stored in run.json after every epoch."""
 
     # --- per epoch --------------------------------------------------------------------------------
 
@@ -164,6 +167,7 @@ class RunCheckpoints(Checkpoint):
             self._state_written = time.monotonic()
         if trainer.is_global_zero:
             self.record.epochs_completed = epoch
+            self.record.seconds = self.run_seconds() if self.run_seconds else None
             self.record.report = report_details(self, task.class_names)
             record = RunRecord(**vars(self.record))
             self.writer.submit(self.run_dir.record, lambda: record.write(self.run_dir))
