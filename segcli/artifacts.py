@@ -103,6 +103,17 @@ class RunDir:
             leftover.unlink(missing_ok=True)
 
 
+def kfold_runs(folder: Path) -> list[RunDir] | None:
+    """The fold runs a k-fold folder lists in its kfold.json, in fold order; None for any other folder."""
+    record = folder / KFOLD_RECORD
+    if not (folder.is_dir() and record.is_file()):
+        return None
+    try:
+        return [RunDir(folder / name) for name in json.loads(record.read_text())["runs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{record}: unreadable k-fold record ({exc!r})") from None
+
+
 # --- the model description shared by checkpoints and exports ------------------------------------
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from segcli.data.io import Pair, list_pairs
 from segcli.errors import ConfigError
 from segcli.files import write_json
 from segcli.training.finish import TrainResult
+from segcli.training.report import mean_and_std
 from segcli.training.run import RunOptions, train
 
 
@@ -87,13 +87,7 @@ class KFoldResult:
 
 def summarise(folds: list[FoldResult]) -> dict[str, tuple[float, float]]:
     keys = sorted({key for fold in folds for key in fold.metrics if key.startswith("val/")})
-    summary = {}
-    for key in keys:
-        values = [fold.metrics[key] for fold in folds if key in fold.metrics and not math.isnan(fold.metrics[key])]
-        mean = statistics.fmean(values) if values else float("nan")
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        summary[key] = (mean, std)
-    return summary
+    return {key: mean_and_std([fold.metrics.get(key) for fold in folds]) for key in keys}
 
 
 def _fold_result(index: int, name: str, run_dir: RunDir, val_images: int) -> FoldResult:

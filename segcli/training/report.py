@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segcli.artifacts import RunDir, RunRecord
+from segcli.artifacts import RunDir, RunRecord, kfold_runs
 from segcli.drawing.charts import per_class_chart, results_chart
 from segcli.drawing.pictures import render_confusion_matrix
 from segcli.errors import ConfigError
@@ -124,6 +125,24 @@ class RunReport:
             self._drawn = now
         if best:
             self._best_drawn = summary.best_epoch
+
+
+def fold_reports(folder: Path) -> list[Path] | None:
+    """The fold runs of a k-fold folder that have a report yet, in fold order; None for any other folder."""
+    folds = kfold_runs(folder)
+    if folds is None:
+        return None
+    reported = [run.path for run in folds if run.metrics_csv.is_file()]
+    if not reported:
+        raise ConfigError(f"{folder}: a k-fold folder whose fold runs have not finished an epoch yet")
+    return reported
+
+
+def mean_and_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation over runs (k-fold folds); NaN and missing values left out."""
+    present = [value for value in values if value is not None and not math.isnan(value)]
+    mean = statistics.fmean(present) if present else float("nan")
+    return mean, statistics.stdev(present) if len(present) > 1 else float("nan")
 
 
 def read_report(folder: Path) -> RunSummary:

@@ -95,6 +95,24 @@ def test_kfold_trains_k_runs_and_summarises_them(kfold, tiny_dataset):
     assert len(runs) == 3  # one W&B run per fold (in one W&B group)
 
 
+def test_report_of_a_kfold_folder_compares_its_folds_with_their_mean_and_std(kfold, tmp_path):
+    """`report <k-fold folder>` said only "no metrics.csv". It is the fold runs side by side, with the mean ± std
+    train's k-fold summary gives (kfold.json)."""
+    _, kfold_dir, _ = kfold
+    summary = json.loads((kfold_dir / "kfold.json").read_text())["summary"]
+    result = run_segcli("report", kfold_dir, "--no-redraw", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("│" if "│" in line else "┃")]
+            for line in result.stdout.splitlines() if line.startswith(("│", "┃"))]  # fmt: skip
+    header = next(row for row in rows if "kfold-cv-fold1" in row)
+    assert header[1:] == ["kfold-cv-fold1", "kfold-cv-fold2", "kfold-cv-fold3", "mean ± std"]
+    cells = {row[0]: row[1:] for row in rows}
+    for label, key in (("best val/mIoU", "val/mIoU"), ("IoU disc", "val/IoU/disc")):
+        mean, std = summary[key]["mean"], summary[key]["std"]
+        assert cells[label][3] == f"{mean:.4f} ± {std:.4f}", label
+    assert f"k-fold {kfold_dir.name}: its 3 fold runs" in result.stdout
+
+
 def test_a_killed_kfold_resumes_with_the_folds_it_had_not_finished(kfold, tiny_dataset):
     folder, kfold_dir, _ = kfold
     record = json.loads((kfold_dir / "kfold-cv-fold3" / "run.json").read_text())
