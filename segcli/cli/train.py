@@ -110,6 +110,7 @@ def train(
     from segcli.training.run import train as run_training
 
     start_up_done()
+    show_warnings = _DatasetWarnings()
 
     def options_for(name: str) -> RunOptions:
         return RunOptions(
@@ -117,10 +118,11 @@ def train(
             config_file=config, output_dir=output_dir, offline=offline, overwrite=overwrite, force_cpu=cpu,
             progress=sys.stderr.isatty(), resume=resume, resume_from=resume_from, overrides=overrides,
             on_epoch=None if sys.stderr.isatty() else _print_epoch, on_stop_request=_print_stop_request,
+            on_dataset_checked=show_warnings,
         )  # fmt: skip
 
     if dry_run:
-        _print_dry_run(resolved, options_for)
+        _print_dry_run(resolved, options_for, show_warnings)
         return
     if folds is not None:
         from segcli.training.folds import train_folds
@@ -134,6 +136,22 @@ def train(
         _report(run_training(resolved[names[0]], options_for(names[0])), class_names)
         return
     _sweep(names, lambda name: run_training(resolved[name], options_for(name)), class_names)
+
+
+class _DatasetWarnings:
+    """Shows the dataset check's warnings on stderr, each once per command (a sweep or k-fold checks again per run)."""
+
+    def __init__(self) -> None:
+        self.shown: set = set()
+
+    def __call__(self, report) -> None:
+        from segcli.data.check_report import format_problems
+
+        new = [problem for problem in report.warnings if problem not in self.shown]
+        if new:
+            sys.stderr.write(f"the dataset check warns (training goes on):\n{format_problems(new)}\n")
+            sys.stderr.flush()
+            self.shown.update(new)
 
 
 def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
@@ -207,7 +225,7 @@ def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
         raise typer.Exit(EXIT_PROBLEMS)
 
 
-def _print_dry_run(resolved: dict, options_for) -> None:
+def _print_dry_run(resolved: dict, options_for, show_warnings) -> None:
     import yaml
 
     from segcli.data.transforms import describe_normalization
@@ -218,6 +236,7 @@ def _print_dry_run(resolved: dict, options_for) -> None:
         options = options_for(name)
         plan = preflight(experiment, dataset=options.dataset, class_names=options.class_names,
                          experiment_name=name, force_cpu=options.force_cpu)  # fmt: skip
+        show_warnings(plan.report)
         console.print(f"# run {options.run_name} -> {options.folder.path}")
         console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
         parameters = sum(p.numel() for p in plan.task.model.parameters())

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar
 from segcli.artifacts import RunDir, RunRecord
 from segcli.config.env import wandb_project
 from segcli.config.schema import Experiment
+from segcli.data.check_report import DatasetReport
 from segcli.errors import CheckpointError, ConfigError
 from segcli.files import BackgroundWriter
 from segcli.training.callbacks.averaging import EmaAverage, SwaAverage
@@ -64,6 +65,8 @@ class RunOptions:
     on_epoch: Callable[[dict[str, float], int], None] | None = None
     """Told after every epoch: the epoch's row and max_epochs (the CLI prints plain progress lines)."""
     on_stop_request: Callable[[], None] | None = None
+    on_dataset_checked: Callable[[DatasetReport], None] | None = None
+    """Told the dataset check's report once every check has passed, before training (the CLI shows its warnings)."""
     extra_callbacks: list = field(default_factory=list)
     """More Lightning callbacks (the benchmark's timers)."""
 
@@ -203,6 +206,8 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     )
     lead = getattr(rank_zero_only, "rank", 0) == 0  # under several processes only rank 0 writes files and W&B
     if lead:
+        if options.on_dataset_checked:
+            options.on_dataset_checked(plan.report)
         _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
     record = record or RunRecord(options.run_name, wandb_id=new_run_id())
     record.finished = False

@@ -130,6 +130,34 @@ def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_
     assert not output.exists()
 
 
+@pytest.fixture
+def untidy_dataset(tiny_dataset, in_tmp_cwd) -> Path:
+    """The tiny dataset with a stray notes.txt and an extra/ sub-folder: two warnings of the dataset check."""
+    root = Path(shutil.copytree(tiny_dataset, in_tmp_cwd / "untidy"))
+    (root / "train" / "images" / "notes.txt").write_text("how these were made")
+    (root / "train" / "labels" / "extra").mkdir()
+    return root
+
+
+WARNINGS = ("images/notes.txt is not an image file (ignored)", "labels/ has sub-folders (extra/)")
+
+
+@pytest.mark.slow
+def test_a_sweep_shows_the_dataset_warnings_once_before_its_first_run(tiny_config, untidy_dataset, in_tmp_cwd):
+    (in_tmp_cwd / "two.yaml").write_text(
+        TINY_EXPERIMENTS.replace("max_epochs: 2", "max_epochs: 1").replace(
+            "  bad-monitor:\n    early_stopping: {monitor: val/miou}\n  gpu0:\n    gpu: 0\n", "  again: {lr: 0.01}\n"
+        )
+    )
+    result = run_segcli("train", "-c", "two.yaml", "-e", "exp", "-e", "again", "--dataset", untidy_dataset,
+                        "--classes", DEMO_CLASSES, "--output-dir", "out", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for warning in WARNINGS:
+        assert result.stderr.count(warning) == 1, (warning, result.stderr)
+        assert result.stderr.index(warning) < result.stderr.index("epoch 1/1")
+    assert "the dataset check warns (training goes on):" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
