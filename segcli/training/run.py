@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.rank_zero import rank_zero_only
-from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar
+from pytorch_lightning.callbacks import EarlyStopping
 
 from segcli.artifacts import RunDir, RunRecord
 from segcli.config.env import wandb_project
@@ -27,6 +27,7 @@ from segcli.files import BackgroundWriter
 from segcli.training.callbacks.averaging import EmaAverage, SwaAverage
 from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO, RunCheckpoints
 from segcli.training.callbacks.predictions import PredictionLogger, TrainSamples
+from segcli.training.callbacks.progress import EpochProgressBar
 from segcli.training.callbacks.rng import RngState
 from segcli.training.callbacks.stop import GracefulStop
 from segcli.training.finish import TrainResult, finish_run
@@ -136,7 +137,7 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
             "precision": exp.precision,
             "max_epochs": exp.max_epochs,
             "logger": logger,
-            "callbacks": [*callbacks, *([RichProgressBar()] if progress else [])],
+            "callbacks": [*callbacks, *([EpochProgressBar()] if progress else [])],
             "plugins": [BackgroundCheckpointIO(writer)],
             "enable_checkpointing": True,  # RunCheckpoints is the checkpoint callback
             "enable_model_summary": False,

@@ -142,6 +142,48 @@ def untidy_dataset(tiny_dataset, in_tmp_cwd) -> Path:
 WARNINGS = ("images/notes.txt is not an image file (ignored)", "labels/ has sub-folders (extra/)")
 
 
+def _in_a_terminal(args: list, cwd: Path) -> tuple[int, str]:
+    """`segcli ARGS` with stdout and stderr on a pseudo-terminal, as a person runs it: (exit code, what it showed)."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
+    process = subprocess.Popen([sys.executable, "-m", "segcli", *map(str, args)], cwd=cwd, env=env, stdin=follower,
+                               stdout=follower, stderr=follower, close_fds=True)  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    code = process.wait(timeout=600)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_the_terminal_shows_epochs_from_1_and_the_dataset_warnings_once_at_the_start(
+    tiny_config, untidy_dataset, in_tmp_cwd
+):
+    """The progress bar read `Epoch 0/0` for the only epoch, with Lightning's `v_num`; and train said nothing of a
+    stray notes.txt or an extra/ sub-folder, which validate-dataset warns about."""
+    code, shown = _in_a_terminal(["train", "-c", tiny_config, "-e", "exp", "--dataset", untidy_dataset, "--classes",
+                                  DEMO_CLASSES, "--output-dir", "out"], in_tmp_cwd)  # fmt: skip
+    assert code == 0, shown[-3000:]
+    assert "Epoch 1/2" in shown and "Epoch 2/2" in shown and "Epoch 0/" not in shown and "v_num" not in shown
+    for warning in WARNINGS:
+        assert shown.count(warning) == 1, (warning, shown[-3000:])
+        assert shown.index(warning) < shown.index("Epoch 1/2")
+
+
 @pytest.mark.slow
 def test_a_sweep_shows_the_dataset_warnings_once_before_its_first_run(tiny_config, untidy_dataset, in_tmp_cwd):
     (in_tmp_cwd / "two.yaml").write_text(
