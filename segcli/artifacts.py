@@ -109,6 +109,17 @@ class RunDir:
             leftover.unlink(missing_ok=True)
 
 
+def kfold_runs(folder: Path) -> list[RunDir] | None:
+    """The fold runs a k-fold folder lists in its kfold.json, in fold order; None for any other folder."""
+    record = folder / KFOLD_RECORD
+    if not (folder.is_dir() and record.is_file()):
+        return None
+    try:
+        return [RunDir(folder / name) for name in json.loads(record.read_text())["runs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{record}: unreadable k-fold record ({exc!r})") from None
+
+
 # --- the model description shared by checkpoints and exports ------------------------------------
 
 
@@ -219,8 +230,12 @@ class Checkpoint:
     """1-based: the number of completed training epochs the weights come from."""
     global_step: int
     metrics: dict[str, float]
+    """These weights' own val scores, under `val/*` whatever the weights are (evaluate compares with them)."""
     run_name: str
     experiment: dict[str, Any]
+    scored_as: str = "val"
+    """The prefix the run logged these weights' scores under: `val` (the trained weights), `val_ema` (the EMA),
+    `val_avg` (the SWA average)."""
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -233,13 +248,15 @@ class Checkpoint:
             "metrics": dict(self.metrics),
             "run_name": self.run_name,
             "experiment": self.experiment,
+            "scored_as": self.scored_as,
         }
 
     @property
     def metric(self) -> dict[str, Any]:
-        """The monitored metric's name and value at this epoch."""
-        name = (self.experiment.get("monitor") or {}).get("metric", "val/mIoU")
-        return {"name": name, "value": json_number(self.metrics.get(name))}
+        """The monitored score of these weights, named as the run logged it (`val_avg/mIoU` for the average)."""
+        monitored = (self.experiment.get("monitor") or {}).get("metric", "val/mIoU")
+        score = monitored.split("/", 1)[1]
+        return {"name": f"{self.scored_as}/{score}", "value": json_number(self.metrics.get(f"val/{score}"))}
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
@@ -283,6 +300,10 @@ def load_tagged(path: Path, expected_format: str, what: str, hint: str) -> dict[
     return payload
 
 
+OLDER_SCORED_AS = {"average_model": "val_avg", "ema_model": "val_ema"}
+"""Files written before checkpoints named their weights' scores: known by the file name."""
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
     """Read a segcli checkpoint safely; anything else is a clear error."""
     payload = load_tagged(path, CHECKPOINT_FORMAT, "segcli checkpoint", "expected a file written by `segcli train`")
@@ -299,6 +320,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
             metrics={str(k): float(v) for k, v in (payload.get("metrics") or {}).items()},
             run_name=str(payload.get("run_name") or ""),
             experiment=dict(payload.get("experiment") or {}),
+            scored_as=str(payload.get("scored_as") or OLDER_SCORED_AS.get(kind, "val")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: segcli checkpoint without valid metadata ({exc!r})") from None
@@ -365,6 +387,9 @@ class RunRecord:
     mlflow_run_id: str | None = None
     finished: bool = False
     epochs_completed: int = 0
+    seconds: float | None = None
+    """The run's time: wall-clock seconds `segcli train` spent on it (checks, epochs, the final files), summed over
+    resumes and updated after every epoch; every summary shows this one figure. None in records older than it."""
     report: dict[str, Any] | None = None
     """Best epoch, monitor, class names and confusion matrix: what `segcli report` needs besides metrics.csv."""
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-EXIT_PROBLEMS = 1  # validate-dataset found problems, an export check failed, predict skipped files, a sweep failed
+EXIT_PROBLEMS = 1  # found problems: validate-dataset, an export check, predict skipped files, a sweep, list-experiments
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C stop
 
 # --- consoles and numbers ----------------------------------------------------------------------------
@@ -39,6 +39,11 @@ def stderr_console():
 def fmt(value: float | None, digits: int = 4) -> str:
     """A score for a table: 4 decimals, '-' for a missing one or NaN (a class absent from the data)."""
     return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def counted(count: int, noun: str) -> str:
+    """'1 mask', '3 masks'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def duration(seconds: float) -> str:

@@ -140,11 +140,15 @@ def _print_table(result, predictor, root: Path, worst: int | None) -> None:
         table.add_row(name, fmt(result.metrics[f"{s}/IoU/{name}"]), fmt(result.metrics[f"{s}/Dice/{name}"]),
                       f"{pixels[index]:,}")  # fmt: skip
     table.add_section()
-    table.add_row("mean", fmt(result.metrics[f"{s}/mIoU"]), fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
+    # A binary model's headline is the foreground's IoU and Dice (README), not a mean over both classes.
+    foreground = result.class_names[1] if predictor.info.binary else None
+    headline = f"{foreground} (binary headline: mIoU, mDCC)" if foreground else "mean"
+    table.add_row(headline, fmt(result.metrics[f"{s}/mIoU"]), fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
     console.print(table)
     ignored = "" if result.ignore_index is None else f"; label {result.ignore_index} ignored"
+    meaning = f" (binary: the {foreground} IoU and Dice)" if foreground else ""
     console.print(
-        f"mIoU {fmt(result.metrics[f'{s}/mIoU'])}  mDCC {fmt(result.metrics[f'{s}/mDCC'])}  "
+        f"mIoU {fmt(result.metrics[f'{s}/mIoU'])}  mDCC {fmt(result.metrics[f'{s}/mDCC'])}{meaning}  "
         f"pixel accuracy {fmt(result.metrics[f'{s}/pixel_accuracy'])}{ignored}"
     )
     if worst:

@@ -19,7 +19,9 @@ def find_lr(
     classes: ClassesOpt = None,
     min_lr: Annotated[float, typer.Option(min=0.0, metavar="LR", help="Smallest learning rate tried.")] = 1e-7,
     max_lr: Annotated[float, typer.Option(min=0.0, metavar="LR", help="Largest learning rate tried.")] = 1.0,
-    steps: Annotated[int, typer.Option(min=10, metavar="N", help="Training steps, one learning rate each.")] = 100,
+    steps: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Training steps, one learning rate each (13 at least).")
+    ] = 100,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Plot of loss vs lr.")] = Path(
         "lr_finder.png"
     ),
@@ -47,7 +49,8 @@ def find_lr(
     )  # fmt: skip
     console = stdout_console()
     if finding.suggestion is None:
-        console.print(f"no suggestion: the loss did not fall over {min_lr:g}..{max_lr:g}; see {output}")
+        console.print(f"no suggestion: the loss was not finite at enough steps over {min_lr:g}..{max_lr:g}; see "
+                      f"{output}")  # fmt: skip
         raise typer.Exit(1)
     console.print(f"suggested lr: {finding.suggestion:.3g} after {len(finding.lrs)} steps (the experiment has "
                   f"{resolved.lr:g}); plot: {output}")  # fmt: skip

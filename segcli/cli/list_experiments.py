@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segcli.cli.common import JsonOpt, stderr_console, stdout_console
+from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, stderr_console, stdout_console
 from segcli.errors import ConfigError
 
 
@@ -72,7 +72,10 @@ def list_experiments(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """List every experiment with what it changes relative to its file's defaults."""
+    """List every experiment with what it changes relative to its file's defaults.
+
+    Exit code 0 when every experiment is valid, 1 when one is invalid, 2 when a file cannot be read.
+    """
     from rich.table import Table
 
     rows, problems = collect(paths or [Path("experiments")])
@@ -90,5 +93,12 @@ def list_experiments(
         stdout_console().print(table)
         for problem in problems:
             stderr_console().print(f"error: {problem}", markup=False)
+    invalid = sum(row["status"] != "ok" for row in rows)
+    if invalid and not json_output:
+        verb = "is" if invalid == 1 else "are"
+        stderr_console().print(f"{invalid} of {len(rows)} experiments {verb} invalid (see status); train refuses them",
+                               markup=False)  # fmt: skip
     if problems:
         raise typer.Exit(2)
+    if invalid:
+        raise typer.Exit(EXIT_PROBLEMS)

@@ -19,6 +19,7 @@ from segcli.cli.common import (
     ResizeOpt,
     TileOpt,
     TtaOpt,
+    counted,
     inference_options,
     stderr_console,
 )
@@ -57,7 +58,8 @@ def predict(
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:
-    """Predict masks for images of any size; unreadable files are skipped and make the exit code 1."""
+    """Predict masks for images of any size; unreadable files and images of a channel count the model cannot take
+    are skipped and make the exit code 1."""
     from segcli.devices import inference_device
     from segcli.errors import ConfigError
     from segcli.inference.loading import open_models
@@ -81,13 +83,21 @@ def predict(
                                on_done=done)  # fmt: skip
     for warning in report.warnings:
         errors.print(f"warning: {warning}", markup=False)
-    extra = f" and {len(report.overlays)} overlays to {output / OVERLAYS}" if overlay else ""
+    extra = f" and {counted(len(report.overlays), 'overlay')} to {output / OVERLAYS}" if overlay else ""
     if probabilities:
-        extra += f", {len(report.probabilities)} probability maps"
-    count = len(report.masks)
-    typer.echo(f"wrote {count} mask{'s' if count != 1 else ''} to {output}{extra} ({predictor.kind} {predictor.path})")
+        extra += f", {counted(len(report.probabilities), 'probability map')}"
+    typer.echo(f"wrote {counted(len(report.masks), 'mask')} to {output}{extra} ({predictor.kind} {predictor.path})")
+    if report.unfit:
+        have = " or ".join(str(count) for count in sorted({count for _, count in report.unfit}))
+        names = ", ".join(path.name for path, _ in report.unfit[:3])
+        typer.echo(
+            f"{len(report.unfit)} of {len(files)} inputs were not predicted: they have {have} channel(s) and the model "
+            f"takes {predictor.info.in_channels} (model.in_channels), e.g. {names}",
+            err=True,
+        )
     if report.skipped:
         typer.echo(
             f"{len(report.skipped)} of {len(files)} inputs could not be read and were skipped (listed above)", err=True
         )
+    if report.skipped or report.unfit:
         raise typer.Exit(EXIT_PROBLEMS)

@@ -112,16 +112,19 @@ def train(
     from segcli.training.run import RunOptions
     from segcli.training.run import train as run_training
 
+    show_warnings = _DatasetWarnings()
+
     def options_for(name: str) -> RunOptions:
         return RunOptions(
             dataset=dataset_root, class_names=class_names, run_name=run_names[name], experiment_name=name,
             config_file=config, output_dir=output_dir, offline=offline, overwrite=overwrite, force_cpu=cpu,
             progress=sys.stderr.isatty(), resume=resume, resume_from=resume_from, overrides=overrides,
             on_epoch=None if sys.stderr.isatty() else _print_epoch, on_stop_request=_print_stop_request,
+            on_dataset_checked=show_warnings,
         )  # fmt: skip
 
     if dry_run:
-        _print_dry_run(resolved, options_for)
+        _print_dry_run(resolved, options_for, show_warnings)
         return
     if folds is not None:
         from segcli.training.folds import train_folds
@@ -135,6 +138,22 @@ def train(
         _report(run_training(resolved[names[0]], options_for(names[0])), class_names)
         return
     _sweep(names, lambda name: run_training(resolved[name], options_for(name)), class_names)
+
+
+class _DatasetWarnings:
+    """Shows the dataset check's warnings on stderr, each once per command (a sweep or k-fold checks again per run)."""
+
+    def __init__(self) -> None:
+        self.shown: set = set()
+
+    def __call__(self, report) -> None:
+        from segcli.data.check_report import format_problems
+
+        new = [problem for problem in report.warnings if problem not in self.shown]
+        if new:
+            sys.stderr.write(f"the dataset check warns (training goes on):\n{format_problems(new)}\n")
+            sys.stderr.flush()
+            self.shown.update(new)
 
 
 def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
@@ -208,7 +227,7 @@ def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
         raise typer.Exit(EXIT_PROBLEMS)
 
 
-def _print_dry_run(resolved: dict, options_for) -> None:
+def _print_dry_run(resolved: dict, options_for, show_warnings) -> None:
     import yaml
 
     from segcli.data.transforms import describe_normalization
@@ -221,6 +240,7 @@ def _print_dry_run(resolved: dict, options_for) -> None:
         require_extras(experiment.trackers)
         plan = preflight(experiment, dataset=options.dataset, class_names=options.class_names,
                          experiment_name=name, force_cpu=options.force_cpu)  # fmt: skip
+        show_warnings(plan.report)
         console.print(f"# run {options.run_name} -> {options.folder.path}")
         console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
         parameters = sum(p.numel() for p in plan.task.model.parameters())
@@ -253,8 +273,10 @@ def _print_summary(result, class_names: list[str]) -> None:
     table.add_row("best val/mDCC", fmt(best.get("val/mDCC")))
     if "val_ema/mIoU" in best:
         table.add_row("EMA val/mIoU (best epoch)", fmt(best.get("val_ema/mIoU")))
+    first, last = result.average_epochs or (None, None)
     if result.average_metrics:
-        table.add_row("average_model val/mIoU", fmt(result.average_metrics.get("val_avg/mIoU")))
+        span = "" if first is None else f" (epochs {first}-{last})" if first < last else f" (epoch {last})"
+        table.add_row("average_model val/mIoU", fmt(result.average_metrics.get("val_avg/mIoU")) + span)
     table.add_row("parameters", f"{result.parameters:,}")
     table.add_row("time", duration(result.seconds))
     for name, path in result.checkpoints.items():
@@ -264,6 +286,12 @@ def _print_summary(result, class_names: list[str]) -> None:
     for label, where in result.trackers.items():
         table.add_row(label, where)
     console.print(table)
+    if first is not None and first != result.average_start:
+        console.print(
+            f"note: average_model.pth averages epochs {first}-{last}: averaging had begun at epoch {first}, before "
+            f"the run was extended; trained at once, the run would average from epoch {result.average_start} "
+            "(`average.start_epoch`), so the two averages differ"
+        )
     if result.wandb_mode == "offline" and result.wandb_dir:
         console.print(f"the W&B run is offline; upload it with: wandb sync {result.wandb_dir}")
     if best:
@@ -287,6 +315,8 @@ def _print_per_class(console, scores: dict, class_names: list[str], title: str) 
 def _print_folds(result, class_names: list[str]) -> None:
     from rich.table import Table
 
+    if result.stopped is not None:  # Ctrl-C: the stopped fold's summary and what a single run says (exit 130)
+        _report(result.stopped, class_names)
     console = stdout_console()
     table = Table(title=f"k-fold {result.run_name}: best validation scores per fold")
     for column in ("fold", "run", "val images", "best val/mIoU", "best val/mDCC", "best epoch"):
@@ -309,5 +339,3 @@ def _print_folds(result, class_names: list[str]) -> None:
         per_class.add_row(name, *cells)
     console.print(per_class)
     console.print(f"folds, their split and this summary: {result.folder}")
-    if result.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)

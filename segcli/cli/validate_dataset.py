@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from typing import Annotated, Optional
 
 import typer
@@ -77,27 +76,29 @@ def validate_dataset(
 def _print_report(report, failed: bool) -> None:
     from rich.table import Table
 
+    from segcli.data.check_report import count_errors, group_problems
+
     console = stdout_console()
     pairs = ", ".join(f"{split}: {stats.pairs} pairs" for split, stats in report.splits.items())
     console.print(f"[bold]{report.root}[/bold]  ({pairs})", highlight=False)
 
-    by_kind = defaultdict(list)
-    for problem in report.problems:
-        by_kind[problem.kind].append(problem)
-    if by_kind:
+    groups = group_problems(report.problems)
+    if groups:
         table = Table(title="problems", show_lines=True)
         table.add_column("kind", no_wrap=True)
         table.add_column("count", justify="right")
         table.add_column("where and what", overflow="fold")
-        for kind, problems in sorted(by_kind.items(), key=lambda item: (item[1][0].severity != "error", item[0])):
-            lines = [f"{p.split}/{p.file}: {p.detail}" if p.file else f"{p.split}: {p.detail}" for p in problems]
-            if kind == "mask-values":
-                lines = _value_summary(report) + lines
-            shown = lines[:LINES_PER_KIND]
-            if len(lines) > LINES_PER_KIND:
-                shown.append(f"... and {len(lines) - LINES_PER_KIND} more")
-            style = "red" if problems[0].severity == "error" else "yellow"
-            table.add_row(f"[{style}]{kind}[/{style}]", str(len(problems)), "\n".join(shown))
+        for group in groups:
+            # The causes and their fixes first, whole; then the files, cut after LINES_PER_KIND.
+            files = [f"{p.split}/{p.file}: {p.detail}" for p in group.files]
+            if group.kind == "mask-values":
+                files = _value_summary(report) + files
+            shown = files[:LINES_PER_KIND]
+            if len(files) > LINES_PER_KIND:
+                shown.append(f"... and {len(files) - LINES_PER_KIND} more")
+            style = "red" if group.severity == "error" else "yellow"
+            count = len(group.files) or len(group.causes)
+            table.add_row(f"[{style}]{group.kind}[/{style}]", str(count), "\n".join(group.causes + shown))
         console.print(table)
 
     frequencies = Table(title="class pixel frequencies")
@@ -105,13 +106,20 @@ def _print_report(report, failed: bool) -> None:
     frequencies.add_column("class")
     for split in report.splits:
         frequencies.add_column(split, justify="right")
-    totals = {split: sum(stats.class_pixels) + stats.ignored_pixels or 1 for split, stats in report.splits.items()}
+    stats_of = list(report.splits.values())
+
+    def shares(pixels) -> list[str]:
+        """Each split's `pixels(stats)` as a share of all its mask pixels (values that are no class included)."""
+        return [f"{100 * pixels(stats) / (stats.mask_pixels or 1):.2f}%" for stats in stats_of]
+
     for index, name in enumerate(report.class_names):
-        cells = [f"{100 * stats.class_pixels[index] / totals[split]:.2f}%" for split, stats in report.splits.items()]
-        frequencies.add_row(str(index), name, *cells)
+        frequencies.add_row(str(index), name, *shares(lambda stats, index=index: stats.class_pixels[index]))
     if report.ignore_index is not None:
-        cells = [f"{100 * stats.ignored_pixels / totals[split]:.2f}%" for split, stats in report.splits.items()]
-        frequencies.add_row(str(report.ignore_index), "(ignored)", *cells)
+        frequencies.add_row(str(report.ignore_index), "(ignored)", *shares(lambda stats: stats.ignored_pixels))
+    if any(stats.unknown_pixels for stats in stats_of):
+        unknown = sorted({value for stats in stats_of for value in stats.bad_values})
+        values = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        frequencies.add_row(values, "(not a class)", *shares(lambda stats: stats.unknown_pixels))
     console.print(frequencies)
 
     for split, stats in report.splits.items():
@@ -121,9 +129,9 @@ def _print_report(report, failed: bool) -> None:
         if stats.dtype:
             console.print(f"{split} pixels: {_depth(stats)}", highlight=False)
 
-    errors, warnings = len(report.errors), len(report.warnings)
+    warnings = len(group_problems(report.warnings))
     if failed:
-        console.print(f"[red bold]{errors} error(s), {warnings} warning(s)[/red bold]", highlight=False)
+        console.print(f"[red bold]{count_errors(report.errors)}, {warnings} warning(s)[/red bold]", highlight=False)
     else:
         console.print(f"[green bold]OK[/green bold]: no errors, {warnings} warning(s)", highlight=False)
 

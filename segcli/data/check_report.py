@@ -34,6 +34,7 @@ class SplitStats:
     pairs: int = 0
     class_pixels: list[int] = field(default_factory=list)
     ignored_pixels: int = 0
+    unknown_pixels: int = 0  # values that are neither a class nor ignore_index
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
     channels: Counter = field(default_factory=Counter)  # channel count -> images
     channel_examples: dict[int, list[str]] = field(default_factory=dict)
@@ -67,6 +68,11 @@ class SplitStats:
                 "dtypes": Counter(data["dtypes"]),
             }
         )
+
+    @property
+    def mask_pixels(self) -> int:
+        """Every mask pixel read: of the classes, ignored, and values that are neither."""
+        return sum(self.class_pixels) + self.ignored_pixels + self.unknown_pixels
 
     @property
     def dtype(self) -> str | None:
@@ -154,19 +160,57 @@ class DatasetReport:
         """Raise the one DatasetError every command gives for a dataset that fails the check."""
         if self.errors:
             raise DatasetError(
-                f"{what} failed the dataset check ({len(self.errors)} problems):\n" + format_problems(self.errors)
+                f"{what} failed the dataset check ({count_errors(self.errors)}):\n" + format_problems(self.errors)
             )
         return self
 
 
+EXPLAINS = {"binary-255-masks": "mask-values"}
+"""A kind of cause found across files -> the kind of the per-file problems it explains (shown with them)."""
+
+
+@dataclass
+class ProblemGroup:
+    """Problems of one kind: the causes found across files (each detail once, with its splits), then the files."""
+
+    kind: str
+    severity: str
+    causes: list[str] = field(default_factory=list)
+    files: list[Problem] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return self.causes + [f"{p.split}/{p.file}: {p.detail}" for p in self.files]
+
+
+def group_problems(problems: list[Problem]) -> list[ProblemGroup]:
+    """Errors first, then warnings, each by kind; a cause and its fix come before the files it explains."""
+    groups: dict[str, ProblemGroup] = {}
+    causes: dict[str, dict[str, list[str]]] = {}  # kind -> detail -> splits
+    for problem in sorted(problems, key=lambda p: (p.severity != ERROR, EXPLAINS.get(p.kind, p.kind), p.split)):
+        kind = EXPLAINS.get(problem.kind, problem.kind)
+        group = groups.setdefault(kind, ProblemGroup(kind, problem.severity))
+        if problem.file is None:
+            splits = causes.setdefault(kind, {}).setdefault(problem.detail, [])
+            if problem.split not in splits:
+                splits.append(problem.split)
+        else:
+            group.files.append(problem)
+    for kind, details in causes.items():
+        groups[kind].causes = [f"{', '.join(splits)}: {detail}" for detail, splits in details.items()]
+    return list(groups.values())
+
+
+def count_errors(errors: list[Problem]) -> str:
+    """'2 error(s) in 31 file(s)': a kind of error (one cause and the files it explains) counts once."""
+    files = len({(p.split, p.file) for p in errors if p.file is not None})
+    return f"{len(group_problems(errors))} error(s)" + (f" in {files} file(s)" if files else "")
+
+
 def format_problems(problems: list[Problem], limit: int = 20) -> str:
-    """Plain text, one line per problem, grouped by kind; summaries (no file) first within a kind."""
-    lines = []
-    for problem in sorted(problems, key=lambda p: (p.kind, p.split, p.file or ""))[:limit]:
-        where = f"{problem.split}/{problem.file}" if problem.file else problem.split
-        lines.append(f"  [{problem.kind}] {where}: {problem.detail}")
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more (run `segcli validate-dataset` for the full report)")
+    """Plain text, one line per cause or file, grouped by kind; the causes first within a kind."""
+    lines = [f"  [{group.kind}] {line}" for group in group_problems(problems) for line in group.lines()]
+    if len(lines) > limit:
+        lines[limit:] = [f"  ... and {len(lines) - limit} more (run `segcli validate-dataset` for the full report)"]
     return "\n".join(lines)
 
 
@@ -179,7 +223,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
 
 
-CACHE_VERSION = 4  # bumped when the report gains fields or files are read differently: old entries are recomputed
+CACHE_VERSION = 5  # bumped when the report gains fields or files are read differently: old entries are recomputed
 
 
 def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:

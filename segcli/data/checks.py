@@ -193,8 +193,11 @@ def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, i
     stats.masks_read += 1
     for value in range(num_classes):
         stats.class_pixels[value] += int(result.counts[value])
+    ignored = 0
     if ignore_index is not None and num_classes <= ignore_index < len(result.counts):
-        stats.ignored_pixels += int(result.counts[ignore_index])
+        ignored = int(result.counts[ignore_index])
+    stats.ignored_pixels += ignored
+    stats.unknown_pixels += int(result.counts[num_classes:].sum()) - ignored
     present = np.flatnonzero(result.counts)
     if 255 in present and set(present) <= {0, 255} and ignore_index != 255:
         stats.binary_255_masks += 1
@@ -218,6 +221,7 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
                     names = ", ".join(stats.channel_examples.get(channels, []))
                     detail = f"{count} image(s) have {channels} channel(s) while {most} have {common}: {names}"
                     problems.append(Problem("channel-mismatch", split, None, detail))
+        # The details of these two causes do not depend on the split, so a report can name each once.
         if stats.binary_255_masks:
             hint = (
                 "map 255 to class 1 with `label_map: {255: 1}` in the experiment"
@@ -225,16 +229,16 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
                 else ("255 is not a class")
             )
             detail = (
-                f"{stats.binary_255_masks} mask(s) hold 0/255 values like saved binary masks: {hint}, "
-                "or set --ignore-index 255 if 255 marks pixels to ignore"
+                f"masks hold 0/255 values like saved binary masks: {hint}, or set --ignore-index 255 if 255 marks "
+                "pixels to ignore"
             )
             problems.append(Problem("binary-255-masks", split, None, detail))
         void = _void_label(stats, num_classes, report.ignore_index)
         if void is not None:
             detail = (
-                f"value {void} is in {stats.bad_values[void][0]} of {stats.masks_read} masks, just past the classes "
-                f"0..{num_classes - 1}: it looks like a void/unlabelled label; ignore it with `--ignore-index {void}` "
-                f"(`ignore_index: {void}` in the experiment)"
+                f"value {void}, just past the classes 0..{num_classes - 1}, is in nearly every mask: it looks like a "
+                f"void/unlabelled label; ignore it with `--ignore-index {void}` (`ignore_index: {void}` in the "
+                "experiment)"
             )
             problems.append(Problem("mask-values", split, None, detail))
     train = report.splits.get("train")

@@ -149,6 +149,14 @@ def _to_hwc(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     raise OSError(f"cannot read TIFF {path.name}: {array.ndim}-D data with axes {axes} (expected bands of one image)")
 
 
+class ChannelMismatch(ValueError):
+    """An image that was read but whose channel count the model cannot take (not an unreadable file)."""
+
+    def __init__(self, name: str, have: int, channels: int):
+        super().__init__(f"{name} has {have} channel(s) but the model takes {channels} (model.in_channels)")
+        self.have = have
+
+
 def adapt_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     """Give the model the channel count it takes: RGB from grey (repeat), grey from RGB (luma), RGB from RGBA."""
     have = image.shape[2]
@@ -160,7 +168,7 @@ def adapt_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
         return np.ascontiguousarray(image[:, :, :3])
     if channels == 1 and have in (3, 4):
         return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
-    raise OSError(f"{name} has {have} channel(s) but the model takes {channels} (model.in_channels)")
+    raise ChannelMismatch(name, have, channels)
 
 
 LUMA = [0.299, 0.587, 0.114]  # OpenCV's RGB to grey, which `adapt_channels` applies

@@ -4,7 +4,6 @@ k-fold folders and ensembles of any of these (their probabilities averaged)."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import warnings
 import zipfile
@@ -23,6 +22,7 @@ from segcli.artifacts import (
     STATE_DICT_FORMAT,
     ModelInfo,
     RunDir,
+    kfold_runs,
     load_tagged,
     read_checkpoint,
     read_sidecar,
@@ -85,12 +85,8 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
     """Model sources as given, with each k-fold folder replaced by its folds' best checkpoints."""
     expanded: list[Path] = []
     for path in paths:
-        record = path / KFOLD_RECORD
-        if path.is_dir() and record.is_file():
-            folds = json.loads(record.read_text())["runs"]
-            expanded += [RunDir(path / name).best for name in folds]
-        else:
-            expanded.append(resolve_model_path(path))
+        folds = kfold_runs(path)
+        expanded += [run.best for run in folds] if folds is not None else [resolve_model_path(path)]
     return expanded
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from cv2.utils import logging as cv2_logging
 from PIL import Image
 
-from segcli.data.io import IMAGE_SUFFIXES, read_image
+from segcli.data.io import IMAGE_SUFFIXES, ChannelMismatch, read_image
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import overlay_with_legend
 from segcli.errors import ConfigError
@@ -32,6 +32,9 @@ class PredictReport:
     overlays: list[Path] = field(default_factory=list)
     probabilities: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """Unreadable inputs and why."""
+    unfit: list[tuple[Path, int]] = field(default_factory=list)
+    """Inputs read but not predicted: their channel count, which the model cannot take."""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -77,7 +80,8 @@ def predict_files(
     probability_bits: int | None = None,
     on_done: Callable[[Path, str | None], None] | None = None,
 ) -> PredictReport:
-    """Write <output>/<stem>.png (and overlays/<stem>.png, probabilities/...); `on_done(path, error)` per input."""
+    """Write <output>/<stem>.png (and overlays/<stem>.png, probabilities/...). `on_done(path, error)` per input:
+    the reason it could not be read, or None (written, or in `unfit`, which is reported once for all)."""
     on_done = on_done or (lambda path, error: None)
     _check_output(files, output, overlay)
     report = PredictReport()
@@ -88,6 +92,9 @@ def predict_files(
         for path in files:
             try:
                 yield path, read_image(path, channels)
+            except ChannelMismatch as exc:
+                report.unfit.append((path, exc.have))
+                on_done(path, None)
             except OSError as exc:
                 reason = str(exc) if str(exc) else type(exc).__name__
                 report.skipped.append((path, reason))

@@ -30,12 +30,17 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     seconds: float
+    """The run's time (RunRecord.seconds): what `segcli report` shows for it too."""
     parameters: int
     wandb_mode: str | None
     wandb_dir: str | None = None
     trackers: dict[str, str] = field(default_factory=dict)
     """Where each tracker that logged the run has it: "MLflow run" -> "<run id> in <tracking URI>", ..."""
     average_metrics: dict[str, float] = field(default_factory=dict)
+    average_epochs: tuple[int, int] | None = None
+    """The first and last epoch in average_model.pth (1-based)."""
+    average_start: int | None = None
+    """The epoch the experiment starts the average at; an extended run's average can have begun before it."""
     report_files: list[Path] = field(default_factory=list)
     interrupted: bool = False
     resumed_from: Path | None = None
@@ -50,8 +55,8 @@ class TrainResult:
         """What `--resume` of a run that already ended returns: nothing to do."""
         checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
         return cls(run_name=run_name, run_dir=run_dir.path, checkpoints=checkpoints, best_epoch=None, best_metrics={},
-                   history=[], epochs_run=record.epochs_completed, stopped_early=False, seconds=0.0, parameters=0,
-                   wandb_mode=None, finished_before=True)  # fmt: skip
+                   history=[], epochs_run=record.epochs_completed, stopped_early=False, seconds=record.seconds or 0.0,
+                   parameters=0, wandb_mode=None, finished_before=True)  # fmt: skip
 
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
@@ -73,7 +78,8 @@ def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
 
 def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluation | None, step: int) -> None:
     if checkpoints.best_matrix is not None:
-        title = f"{checkpoints.run_name}, val at epoch {checkpoints.best_epoch} (best)"
+        stage = checkpoints.monitor.metric.split("/")[0]  # val, or val_ema: the monitored weights
+        title = f"{checkpoints.run_name}, {stage} at epoch {checkpoints.best_epoch} (best)"
         picture = render_confusion_matrix(checkpoints.best_matrix, plan.class_names, title)
         trackers.log_picture("val/confusion_matrix", picture, step)
     if evaluation is not None and evaluation.worst_samples:
@@ -82,7 +88,9 @@ def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluati
                            plan.class_names, plan.experiment.ignore_index, step)  # fmt: skip
 
 
-def finish_run(plan, trainer, *, checkpoints, average, stop, trackers, run_dir, record, lead, options) -> TrainResult:
+def finish_run(
+    plan, trainer, *, checkpoints, average, stop, trackers, run_dir, record, lead, options, run_seconds
+) -> TrainResult:
     exp = plan.experiment
     average_metrics = dict(average.metrics) if average is not None else {}
     result = TrainResult(
@@ -98,6 +106,8 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, trackers, run_dir, 
         parameters=sum(p.numel() for p in plan.task.model.parameters()),
         wandb_mode=None,
         average_metrics=average_metrics,
+        average_epochs=(average.first_epoch, checkpoints.history[-1]["epoch"]) if average_metrics else None,
+        average_start=exp.average_start,
         interrupted=stop.requested,
         primary=lead,
     )
@@ -110,10 +120,12 @@ def finish_run(plan, trainer, *, checkpoints, average, stop, trackers, run_dir, 
     if count and run_dir.best.is_file() and not stop.requested:
         evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
     _log_to_trackers(trackers, plan, checkpoints, evaluation, trainer.global_step)
+    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
+    # Written last, once the writer is idle: its per-epoch run.json can no longer land after this one.
     record.finished = not stop.requested
     record.report = report_details(checkpoints, plan.class_names, average_metrics)
+    record.seconds = result.seconds = run_seconds()
     record.write(run_dir)
-    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}
     result.report_files = [path for path in (run_dir.metrics_csv, run_dir.results_png, run_dir.per_class_png,
                                              run_dir.confusion_png, run_dir.worst_png) if path.exists()]  # fmt: skip

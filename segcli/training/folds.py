@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from segcli.config.schema import Experiment
 from segcli.data.io import Pair, list_pairs
 from segcli.errors import ConfigError
 from segcli.files import write_json
+from segcli.training.finish import TrainResult
+from segcli.training.report import mean_and_std
 from segcli.training.run import RunOptions, train
 
 
@@ -80,18 +81,13 @@ class KFoldResult:
     folds: list[FoldResult]
     summary: dict[str, tuple[float, float]] = field(default_factory=dict)
     """metric key -> (mean, sample std) over the folds; NaN folds (class absent) left out."""
-    interrupted: bool = False
+    stopped: TrainResult | None = None
+    """The fold run a Ctrl-C stopped (after an epoch, its state saved); the folds after it were not started."""
 
 
 def summarise(folds: list[FoldResult]) -> dict[str, tuple[float, float]]:
     keys = sorted({key for fold in folds for key in fold.metrics if key.startswith("val/")})
-    summary = {}
-    for key in keys:
-        values = [fold.metrics[key] for fold in folds if key in fold.metrics and not math.isnan(fold.metrics[key])]
-        mean = statistics.fmean(values) if values else float("nan")
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        summary[key] = (mean, std)
-    return summary
+    return {key: mean_and_std([fold.metrics.get(key) for fold in folds]) for key in keys}
 
 
 def _fold_result(index: int, name: str, run_dir: RunDir, val_images: int) -> FoldResult:
@@ -131,7 +127,7 @@ def train_folds(
         )
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / KFOLD_RECORD, {**(existing or {}), **document})
-    results, interrupted = [], False
+    results, stopped = [], None
     for index, (name, val) in enumerate(zip(names, split, strict=True), start=1):
         run_dir = RunDir(folder / name)
         record = RunRecord.read(run_dir) if run_dir.record.is_file() else None
@@ -146,11 +142,11 @@ def train_folds(
             if not result.primary:
                 continue
             if result.interrupted:
-                interrupted = True
+                stopped = result
                 break
         results.append(_fold_result(index, name, run_dir, len(val)))
-    outcome = KFoldResult(options.run_name, folder, results, summarise(results), interrupted)
-    if not interrupted and len(results) == folds:
+    outcome = KFoldResult(options.run_name, folder, results, summarise(results), stopped)
+    if stopped is None and len(results) == folds:
         summary = {key: {"mean": _plain(mean), "std": _plain(std)} for key, (mean, std) in outcome.summary.items()}
         write_json(folder / KFOLD_RECORD, {**document, "summary": summary})
     return outcome

@@ -11,11 +11,16 @@ from pytorch_lightning.tuner import Tuner
 
 from segcli.config.schema import Experiment
 from segcli.drawing.charts import figure_image, lr_finder_chart
+from segcli.errors import ConfigError
 from segcli.files import BackgroundWriter, save_image
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import preflight
 from segcli.training.run import build_trainer, quiet_libraries
 from segcli.training.trackers import TrackedRun, Trackers, require_extras
+
+SKIPPED_FIRST, SKIPPED_LAST = 10, 1
+"""Steps the suggestion leaves out (Lightning's defaults, passed explicitly): the noisy first ones and the last."""
+MIN_STEPS = SKIPPED_FIRST + SKIPPED_LAST + 2  # the slope of the loss needs two finite points in between
 
 
 @dataclass
@@ -23,6 +28,7 @@ class LrFinding:
     lrs: list[float]
     losses: list[float]
     suggestion: float | None
+    """None when fewer than two of the losses it reads are finite."""
 
 
 def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str,
@@ -33,6 +39,11 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     Lightning restores the model's weights afterwards; nothing is written but the plot, and with `trackers` (names)
     a run `<name>-find-lr` in each: the loss at every learning rate, the plot and the suggestion.
     """
+    if steps < MIN_STEPS:
+        raise ConfigError(
+            f"--steps {steps}: too few for a suggestion, which leaves out the first {SKIPPED_FIRST} steps and the last "
+            f"and reads the slope of the loss over the rest; use --steps {MIN_STEPS} or more (the default is 100)"
+        )
     quiet_libraries()
     require_extras(trackers or [])
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
@@ -51,7 +62,7 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
                                         num_training=steps, update_attr=False, early_stop_threshold=None)  # fmt: skip
         writer.close()
     lrs, losses = finder.results["lr"], finder.results["loss"]
-    suggestion = finder.suggestion()
+    suggestion = finder.suggestion(skip_begin=SKIPPED_FIRST, skip_end=SKIPPED_LAST)
     title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
     picture = lr_finder_chart(lrs, losses, suggestion, title)
     save_image(plot, picture)

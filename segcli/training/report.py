@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segcli.artifacts import RunDir, RunRecord
+from segcli.artifacts import RunDir, RunRecord, kfold_runs
 from segcli.drawing.charts import per_class_chart, results_chart
 from segcli.drawing.pictures import render_confusion_matrix
 from segcli.errors import ConfigError
@@ -36,6 +37,8 @@ class RunSummary:
     monitor: str
     best_matrix: list[list[int]] | None = None
     finished: bool = False
+    seconds: float | None = None
+    """The run's time (RunRecord.seconds), as train's summary gave it."""
     extra: dict[str, float] = field(default_factory=dict)
     """Scores measured once at the end: val_avg/* of the weight average."""
 
@@ -71,13 +74,13 @@ def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best
         )
         save_image(run_dir.results_png, results_chart(summary.rows, summary.best_epoch, title, summary.extra))
     best_row = summary.best_row
+    stage = summary.monitor.split("/")[0]  # val, or val_ema: the monitored weights
     if best and best_row:
-        stage = summary.monitor.split("/")[0]
         scores = {name: best_row.get(f"{stage}/IoU/{name}", float("nan")) for name in summary.class_names}
         chart_title = f"{summary.run_name}: {stage} IoU per class at the best epoch ({summary.best_epoch})"
         save_image(run_dir.per_class_png, per_class_chart(scores, chart_title))
     if best and summary.best_matrix is not None:
-        title = f"{summary.run_name}, val at epoch {summary.best_epoch} (best), rows normalised"
+        title = f"{summary.run_name}, {stage} at epoch {summary.best_epoch} (best), rows normalised"
         save_image(run_dir.confusion_png, render_confusion_matrix(summary.best_matrix, summary.class_names, title))
 
 
@@ -124,6 +127,24 @@ class RunReport:
             self._best_drawn = summary.best_epoch
 
 
+def fold_reports(folder: Path) -> list[Path] | None:
+    """The fold runs of a k-fold folder that have a report yet, in fold order; None for any other folder."""
+    folds = kfold_runs(folder)
+    if folds is None:
+        return None
+    reported = [run.path for run in folds if run.metrics_csv.is_file()]
+    if not reported:
+        raise ConfigError(f"{folder}: a k-fold folder whose fold runs have not finished an epoch yet")
+    return reported
+
+
+def mean_and_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation over runs (k-fold folds); NaN and missing values left out."""
+    present = [value for value in values if value is not None and not math.isnan(value)]
+    mean = statistics.fmean(present) if present else float("nan")
+    return mean, statistics.stdev(present) if len(present) > 1 else float("nan")
+
+
 def read_report(folder: Path) -> RunSummary:
     """A run folder's metrics.csv and run.json -> its summary (for `segcli report`)."""
     run_dir = RunDir(folder)
@@ -145,6 +166,7 @@ def read_report(folder: Path) -> RunSummary:
         monitor=details.get("monitor", "val/mIoU"),
         best_matrix=details.get("best_matrix"),
         finished=record.finished,
+        seconds=record.seconds,
         extra={key: float("nan") if value is None else value for key, value in details.get("extra", {}).items()},
     )
 

@@ -18,15 +18,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.rank_zero import rank_zero_only
-from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar
+from pytorch_lightning.callbacks import EarlyStopping
 
 from segcli.artifacts import RunDir, RunRecord
 from segcli.config.schema import Experiment
+from segcli.data.check_report import DatasetReport
 from segcli.errors import CheckpointError, ConfigError
 from segcli.files import BackgroundWriter
 from segcli.training.callbacks.averaging import EmaAverage, SwaAverage
 from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO, RunCheckpoints
 from segcli.training.callbacks.predictions import PredictionLogger, TrainSamples
+from segcli.training.callbacks.progress import EpochProgressBar
 from segcli.training.callbacks.rng import RngState
 from segcli.training.callbacks.stop import GracefulStop
 from segcli.training.finish import TrainResult, finish_run
@@ -65,6 +67,8 @@ class RunOptions:
     on_epoch: Callable[[dict[str, float], int], None] | None = None
     """Told after every epoch: the epoch's row and max_epochs (the CLI prints plain progress lines)."""
     on_stop_request: Callable[[], None] | None = None
+    on_dataset_checked: Callable[[DatasetReport], None] | None = None
+    """Told the dataset check's report once every check has passed, before training (the CLI shows its warnings)."""
     extra_callbacks: list = field(default_factory=list)
     """More Lightning callbacks (the benchmark's timers)."""
 
@@ -136,7 +140,7 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
             "precision": exp.precision,
             "max_epochs": exp.max_epochs,
             "logger": logger,
-            "callbacks": [*callbacks, *([RichProgressBar()] if progress else [])],
+            "callbacks": [*callbacks, *([EpochProgressBar()] if progress else [])],
             "plugins": [BackgroundCheckpointIO(writer)],
             "enable_checkpointing": True,  # RunCheckpoints is the checkpoint callback
             "enable_model_summary": False,
@@ -156,14 +160,9 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
 
 
 def _callbacks(
-    plan: Plan,
-    options: RunOptions,
-    run_dir: RunDir,
-    writer: BackgroundWriter,
-    record: RunRecord,
-    datasets,
-    trackers: Trackers,
-) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:
+    plan: Plan, options: RunOptions, run_dir: RunDir, writer: BackgroundWriter, record: RunRecord, datasets,
+    trackers: Trackers, run_seconds: Callable[[], float],
+) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:  # fmt: skip
     exp = plan.experiment
     ema = EmaAverage(exp.ema.decay, exp.ema.warmup_steps) if exp.ema else None
     report = RunReport(run_dir, writer, options.run_name, plan.class_names)
@@ -173,7 +172,7 @@ def _callbacks(
         run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
         monitor=exp.monitor, ema=ema, report=report, sync=trackers.sync_file,
         on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
-        state_every=exp.state_every_seconds,
+        state_every=exp.state_every_seconds, run_seconds=run_seconds,
     )  # fmt: skip
     stop = GracefulStop(options.on_stop_request)
     callbacks: list[pl.Callback] = [stop, RngState(), checkpoints, *([ema] if ema else [])]
@@ -212,9 +211,16 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     )
     lead = getattr(rank_zero_only, "rank", 0) == 0  # under several processes only rank 0 writes files and logs
     if lead:
+        if options.on_dataset_checked:
+            options.on_dataset_checked(plan.report)
         _prepare_run_dir(run_dir, options.overwrite, resuming=resume_from is not None)
     record = record or RunRecord(options.run_name, wandb_id=new_wandb_id())
     record.finished = False
+    earlier = record.seconds or 0.0  # what the run took before this resume
+
+    def run_seconds() -> float:
+        return earlier + time.monotonic() - started
+
     trackers = Trackers()
     if lead:  # now, before any DataLoader worker forks (W&B's start runs `git` in subprocesses)
         resumed_step = steps_done if resume_from else None
@@ -227,21 +233,22 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             record.write(run_dir)
         datasets = make_datasets(plan)
         loaders = make_loaders(plan, datasets, epoch=epochs_done)
-        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, trackers)
+        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, trackers,
+                                                           run_seconds)  # fmt: skip
         trainer = build_trainer(plan, logger=trackers.all, callbacks=callbacks, progress=options.progress,
                                 writer=writer, default_root_dir=options.output_dir)  # fmt: skip
         with stop:
             trainer.fit(plan.task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         writer.wait()
         result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, trackers=trackers,
-                            run_dir=run_dir, record=record, lead=lead, options=options)  # fmt: skip
+                            run_dir=run_dir, record=record, lead=lead, options=options,
+                            run_seconds=run_seconds)  # fmt: skip
     except BaseException:
         writer.close(raise_failure=False)  # the error on its way out is the one to report
         trackers.close("failed")
         raise
     writer.close()
     trackers.close("success")
-    result.seconds = time.monotonic() - started
     result.resumed_from, result.resumed_after = resume_from, epochs_done
     return result
 

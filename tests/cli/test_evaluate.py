@@ -93,6 +93,23 @@ def test_evaluate_equals_a_hand_computed_confusion_matrix(hand_dataset, tmp_path
         assert fragment in table.stdout, (fragment, table.stdout)
 
 
+def test_a_binary_models_headline_row_is_labelled_as_the_foregrounds_scores(hand_dataset, tmp_path, capsys):
+    """`classes: 1`: the row under the per-class rows read `mean` but held the foreground's IoU, not a mean.
+    The model always predicts the foreground; targets (255 ignored): background 15 pixels, vessel 27."""
+    for path in sorted((hand_dataset / "val" / "labels").glob("*.png")):
+        mask = read_png(path)
+        write_png(path, np.where(mask == 255, 255, np.minimum(mask, 1)).astype(np.uint8))
+    checkpoint = make_checkpoint(tmp_path / "b.pth", class_names=["background", "vessel"], ignore_index=255,
+                                 constant_class=1, binary=True)  # fmt: skip
+    table = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset)
+    assert table.returncode == 0, table.stderr
+    rows = [" ".join(line.replace("│", " ").split()) for line in table.stdout.splitlines()]
+    assert "vessel 0.6429 0.7826 27" in rows  # 27 / 42, 54 / 69
+    assert "vessel (binary headline: mIoU, mDCC) 0.6429 0.7826 42" in rows
+    assert not any(row.startswith("mean ") for row in rows)
+    assert "mIoU 0.6429 mDCC 0.7826 (binary: the vessel IoU and Dice)" in " ".join(table.stdout.split())
+
+
 # --- evaluate == predict + independent scoring ---------------------------------------------------
 
 

@@ -33,9 +33,14 @@ def test_table_and_invalid_experiments(experiments_dir, in_tmp_cwd):
         "  broken: {batch_size: -1}\n"
     )
     result = run_segcli("list-experiments", cwd=in_tmp_cwd)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # README: an invalid experiment is exit 1 (it exited 0)
     for text in ("experiment-batch_size", "batch_size = 8", "optimizer.params.weight_decay = 0.1", "broken", "invalid"):
         assert text in result.stdout, text
+    assert "1 of 4 experiments is invalid" in result.stderr and "Traceback" not in result.stderr
+    as_json = run_segcli("list-experiments", "--json", cwd=in_tmp_cwd)
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    statuses = {row["experiment"]: row["status"] for row in json.loads(as_json.stdout)["experiments"]}
+    assert statuses["broken"].startswith("invalid: ") and statuses["nested"] == "ok"
 
 
 def test_unreadable_file_is_reported_with_exit_2(experiments_dir, in_tmp_cwd):

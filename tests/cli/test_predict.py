@@ -91,6 +91,28 @@ def test_a_truncated_jpeg_is_skipped_for_the_reason_the_dataset_check_gives(chec
     assert "truncated" in reason
 
 
+def test_counts_are_in_words_of_the_right_number(checkpoint, images, tmp_path, capsys):
+    """ "wrote 1 mask ... and 1 overlays": one of each is singular."""
+    result = run_main(capsys, "predict", checkpoint, images / "small.png", "-o", tmp_path, "--overlay",
+                      "--probabilities", "8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"wrote 1 mask to {tmp_path} and 1 overlay to {tmp_path / 'overlays'}, 4 probability maps" in result.stdout
+
+
+def test_images_the_model_cannot_take_are_named_once_as_such(tmp_path, images, capsys):
+    """A 4-band model on RGB PNGs named the mismatch per file, then "4 of 4 inputs could not be read": they were
+    read; they do not fit the model. One message says so, and what does fit is still predicted."""
+    model = make_checkpoint(tmp_path / "four.pth", in_channels=4)
+    bands = write_png(tmp_path / "bands.png", np.random.default_rng(2).integers(0, 256, (40, 48, 4), dtype=np.uint8))
+    result = run_main(capsys, "predict", model, images, bands, "-o", tmp_path / "masks")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "could not be read" not in result.stderr and "skipped" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "channel" in line]
+    assert lines == ["3 of 4 inputs were not predicted: they have 1 or 3 channel(s) and the model takes 4 "
+                     "(model.in_channels), e.g. gray.png, odd.png, small.png"], result.stderr  # fmt: skip
+    assert "wrote 1 mask" in result.stdout and (tmp_path / "masks" / "bands.png").is_file()
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "state-dict", "onnx", "smp"])
 def test_exports_predict_like_the_checkpoint(checkpoint, images, tmp_path, capsys, fmt):
     exported = export(checkpoint, fmt, tmp_path / f"model-{fmt}", height=64, width=64, check=False).path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 
 import numpy as np
@@ -26,11 +28,11 @@ def runs(tiny_dataset, module_folder):
     result = run_segcli("train", "-c", "r.yaml", "-e", "all", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
                         "--output-dir", "out", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return folder, [folder / "out" / "checkpoints" / name for name in ("r-a", "r-b")]
+    return folder, [folder / "out" / "checkpoints" / name for name in ("r-a", "r-b")], result
 
 
 def test_report_redraws_and_summarises_a_run_from_its_folder_alone(runs, tmp_path):
-    folder, (run, _) = runs
+    folder, (run, _), _ = runs
     copy = tmp_path / "copied-run"  # no W&B, no experiment file, nothing but the folder
     shutil.copytree(run, copy)
     for name in ("results.png", "per_class.png", "confusion_matrix.png"):
@@ -42,19 +44,41 @@ def test_report_redraws_and_summarises_a_run_from_its_folder_alone(runs, tmp_pat
             assert np.asarray(picture.convert("L")).std() > 10, name
     lines = result.stdout
     assert "best epoch" in lines and "best val/mIoU" in lines and "IoU disc" in lines
-    import csv
-
     rows = list(csv.DictReader((copy / "metrics.csv").open()))
     best = max(rows, key=lambda row: float(row["val/mIoU"]))
     assert f"{float(best['val/mIoU']):.4f}" in lines
 
 
 def test_report_compares_runs_side_by_side(runs, tmp_path):
-    folder, run_dirs = runs
+    folder, run_dirs, _ = runs
     result = run_segcli("report", *run_dirs, "--no-redraw", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "r-a" in line)
     assert "r-b" in header
+
+
+def _cells(stdout: str, label: str) -> list[list[str]]:
+    """The other cells of every table row whose first cell is `label`."""
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in stdout.splitlines() if "│" in line]
+    return [row[1:] for row in rows if row[0] == label]
+
+
+def test_report_and_train_give_a_run_the_same_time_in_one_format(runs, tmp_path):
+    """train's summary said `1 min 42 s` where report said `time 95 s` (the sum of the epochs' seconds): one run
+    time, stored in run.json, in one format. It covers the epochs, and more (checks, end of the run)."""
+    from segcli.cli.common import duration
+
+    _, run_dirs, trained = runs
+    report = run_segcli("report", *run_dirs, "--no-redraw", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    stored = [json.loads((run_dir / "run.json").read_text())["seconds"] for run_dir in run_dirs]
+    for run_dir, seconds in zip(run_dirs, stored, strict=True):
+        epochs = sum(float(row["seconds"]) for row in csv.DictReader((run_dir / "metrics.csv").open()))
+        assert seconds > epochs > 0
+    assert _cells(report.stdout, "time") == [[duration(seconds) for seconds in stored]]
+    assert _cells(trained.stdout, "time") == [[duration(seconds)] for seconds in stored]  # each run's summary
+    sweep = next(line for line in trained.stdout.splitlines() if "r-a" in line and "ok" in line)
+    assert duration(stored[0]) in sweep  # and the sweep's comparison table
 
 
 def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):
@@ -72,6 +96,22 @@ def test_find_lr_on_camvid_mini(camvid_mini, in_tmp_cwd):
     with Image.open(in_tmp_cwd / "lr_finder.png") as picture:
         assert picture.width > 300
     assert not list(in_tmp_cwd.glob("*.ckpt")) and not (in_tmp_cwd / "checkpoints").exists()  # nothing else left
+
+
+@pytest.mark.slow
+def test_find_lr_refuses_too_few_steps_and_names_the_fewest_that_suggest(tiny_dataset, tmp_path):
+    """`--steps 10` ran, printed Lightning's "not enough points" and blamed the loss ("did not fall"); the suggestion
+    leaves out the first 10 steps and the last one and needs 2 more: 13 is the fewest that give one."""
+    (tmp_path / "r.yaml").write_text(RUNS)
+    args = ["find-lr", "-c", "r.yaml", "-e", "a", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES, "--cpu"]
+    refused = run_segcli(*args, "--steps", "12", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
+    assert refused.stderr.startswith("error: --steps 12: too few") and "--steps 13 or more" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "lr_finder.png").exists()
+    fewest = run_segcli(*args, "--steps", "13", cwd=tmp_path)
+    assert fewest.returncode == 0, fewest.stdout + fewest.stderr[-2000:]
+    assert "suggested lr:" in fewest.stdout and "after 13 steps" in fewest.stdout
+    assert "not enough points" not in fewest.stderr
 
 
 def test_results_chart_reads_a_wild_first_loss_on_a_log_scale_and_stars_the_average():

@@ -130,6 +130,76 @@ def test_dataset_problem_stops_before_any_run(tiny_config, tiny_dataset, in_tmp_
     assert not output.exists()
 
 
+@pytest.fixture
+def untidy_dataset(tiny_dataset, in_tmp_cwd) -> Path:
+    """The tiny dataset with a stray notes.txt and an extra/ sub-folder: two warnings of the dataset check."""
+    root = Path(shutil.copytree(tiny_dataset, in_tmp_cwd / "untidy"))
+    (root / "train" / "images" / "notes.txt").write_text("how these were made")
+    (root / "train" / "labels" / "extra").mkdir()
+    return root
+
+
+WARNINGS = ("images/notes.txt is not an image file (ignored)", "labels/ has sub-folders (extra/)")
+
+
+def _in_a_terminal(args: list, cwd: Path) -> tuple[int, str]:
+    """`segcli ARGS` with stdout and stderr on a pseudo-terminal, as a person runs it: (exit code, what it showed)."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
+    process = subprocess.Popen([sys.executable, "-m", "segcli", *map(str, args)], cwd=cwd, env=env, stdin=follower,
+                               stdout=follower, stderr=follower, close_fds=True)  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    code = process.wait(timeout=600)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_the_terminal_shows_epochs_from_1_and_the_dataset_warnings_once_at_the_start(
+    tiny_config, untidy_dataset, in_tmp_cwd
+):
+    """The progress bar read `Epoch 0/0` for the only epoch, with Lightning's `v_num`; and train said nothing of a
+    stray notes.txt or an extra/ sub-folder, which validate-dataset warns about."""
+    code, shown = _in_a_terminal(["train", "-c", tiny_config, "-e", "exp", "--dataset", untidy_dataset, "--classes",
+                                  DEMO_CLASSES, "--output-dir", "out"], in_tmp_cwd)  # fmt: skip
+    assert code == 0, shown[-3000:]
+    assert "Epoch 1/2" in shown and "Epoch 2/2" in shown and "Epoch 0/" not in shown and "v_num" not in shown
+    for warning in WARNINGS:
+        assert shown.count(warning) == 1, (warning, shown[-3000:])
+        assert shown.index(warning) < shown.index("Epoch 1/2")
+
+
+@pytest.mark.slow
+def test_a_sweep_shows_the_dataset_warnings_once_before_its_first_run(tiny_config, untidy_dataset, in_tmp_cwd):
+    (in_tmp_cwd / "two.yaml").write_text(
+        TINY_EXPERIMENTS.replace("max_epochs: 2", "max_epochs: 1").replace(
+            "  bad-monitor:\n    early_stopping: {monitor: val/miou}\n  gpu0:\n    gpu: 0\n", "  again: {lr: 0.01}\n"
+        )
+    )
+    result = run_segcli("train", "-c", "two.yaml", "-e", "exp", "-e", "again", "--dataset", untidy_dataset,
+                        "--classes", DEMO_CLASSES, "--output-dir", "out", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for warning in WARNINGS:
+        assert result.stderr.count(warning) == 1, (warning, result.stderr)
+        assert result.stderr.index(warning) < result.stderr.index("epoch 1/1")
+    assert "the dataset check warns (training goes on):" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -75,7 +75,7 @@ def test_broken_dataset_names_every_problem(broken_copy, in_tmp_cwd):
         assert kind in out, kind
         assert f"{split}/{name}" in out, name
     assert "value 255" in out
-    assert "4 error(s), 0 warning(s)" in out
+    assert "4 error(s) in 4 file(s), 0 warning(s)" in out
     assert "OK:" not in out
 
 
@@ -125,6 +125,61 @@ def test_ignore_index_row(clean_copy, in_tmp_cwd):
     report = json.loads(validate(clean_copy, "--ignore-index", "255", "--json", cwd=in_tmp_cwd).stdout)
     assert report["ok"] is True
     assert report["splits"]["val"]["ignored_pixels"] == 64
+
+
+def _rows(stdout: str) -> list[list[str]]:
+    """The cells of every table row (rich's box characters removed)."""
+    return [[cell.strip() for cell in line.strip("│┃ ").split("│")] for line in stdout.splitlines() if "│" in line]
+
+
+def _shares(root: Path, split: str) -> dict[int, float]:
+    """numpy only: every stored mask value's share of the split's pixels, in percent."""
+    paths = sorted((root / split / "labels").iterdir())
+    values = np.concatenate([np.array(Image.open(path)).ravel() for path in paths])
+    counts = np.bincount(values)
+    return {value: 100 * count / values.size for value, count in enumerate(counts) if count}
+
+
+def test_a_void_label_is_named_once_with_its_fix_before_the_file_list(clean_copy, in_tmp_cwd):
+    """CamVid without --ignore-index: `values 11 outside the classes 0..10` for 8 files, then `... and 462 more`; the
+    hint (`--ignore-index 11`) was cut off. The cause and its fix come first, once; the frequencies add up to 100%
+    with the unknown value's own row."""
+    for path in sorted(clean_copy.glob("*/labels/*.png")):
+        mask = np.array(Image.open(path))
+        mask[0, :] = 4  # just past classes 0..3 in every mask, as CamVid's void 11
+        Image.fromarray(mask).save(path)
+    result = validate(clean_copy, cwd=in_tmp_cwd)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("--ignore-index 4") == 1, out
+    first_file = out.index("values 4 outside the classes 0..3")
+    assert out.index("looks like a void/unlabelled label") < first_file and "train, val: value 4" in out
+    assert "1 error(s) in 12 file(s), 0 warning(s)" in out
+    rows = {row[0]: row for row in _rows(out) if len(row) == 4}  # label, class, train, val
+    for split, column in (("train", 2), ("val", 3)):
+        shares = _shares(clean_copy, split)
+        assert rows["4"][1] == "(not a class)" and rows["4"][column] == f"{shares[4]:.2f}%"
+        for label in range(4):
+            assert rows[str(label)][column] == f"{shares.get(label, 0.0):.2f}%", (split, label)
+
+
+def test_binary_255_masks_are_one_cause_and_255_is_not_counted_into_a_class(clean_copy, in_tmp_cwd):
+    """0/255 masks gave `32 error(s)` for one cause, and the first class 100% (values outside the classes were left
+    out of the total)."""
+    for path in sorted(clean_copy.glob("*/labels/*.png")):
+        Image.fromarray(np.where(np.array(Image.open(path)) > 0, 255, 0).astype(np.uint8)).save(path)
+    result = validate(clean_copy, cwd=in_tmp_cwd, classes="background,shape")
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("label_map: {255: 1}") == 1 and "binary-255-masks" not in out
+    assert out.index("label_map: {255: 1}") < out.index("values 255 outside the classes 0..1")
+    assert "1 error(s) in 12 file(s), 1 warning(s)" in out  # the warning: class 1 never appears in train
+    rows = {row[0]: row for row in _rows(out) if len(row) == 4}
+    shares = _shares(clean_copy, "train")
+    assert rows["0"][2] == f"{shares[0]:.2f}%" != "100.00%" and rows["1"][2] == "0.00%"
+    assert rows["255"][1:3] == ["(not a class)", f"{shares[255]:.2f}%"]
+    report = json.loads(validate(clean_copy, "--json", cwd=in_tmp_cwd, classes="background,shape").stdout)
+    assert report["summary"]["by_kind"] == {"binary-255-masks": 2, "mask-values": 12, "class-never-seen": 1}
 
 
 def test_class_never_seen_fails_only_with_strict(clean_copy, in_tmp_cwd):

@@ -286,7 +286,7 @@ def test_binary_255_masks_suggest_dividing_by_255(tmp_path):
     report = check(root, classes=["background", "shape"], splits=["train"])
     problem = only(report, "binary-255-masks")
     assert (problem.split, problem.file) == ("train", None)
-    assert "3 mask(s)" in problem.detail and "`label_map: {255: 1}`" in problem.detail
+    assert "0/255 values like saved binary masks" in problem.detail and "`label_map: {255: 1}`" in problem.detail
     assert report.splits["train"].binary_255_masks == 3
     assert {p.kind for p in report.errors} == {"binary-255-masks", "mask-values"}
 

@@ -30,31 +30,39 @@ def make_checkpoint(
     constant_class: int | None = None,
     params: dict | None = None,
     miou: float = 0.5,
+    binary: bool = False,
+    in_channels: int = 3,
 ) -> Path:
     """A segcli checkpoint of a randomly initialised resnet18 model, written the way training writes one.
 
     `constant_class`: the segmentation head ignores its input and always predicts this class.
+    `binary`: smp's binary convention, one sigmoid output for two class names (background, foreground).
     """
     class_names = class_names or TINY_CLASSES
+    classes = 1 if binary else len(class_names)
     torch.manual_seed(seed)
-    model = ModelConfig(
-        arch=arch, encoder_name="resnet18", encoder_weights=None, classes=len(class_names), params=params or {}
-    )
+    model = ModelConfig(arch=arch, encoder_name="resnet18", encoder_weights=None, in_channels=in_channels,
+                        classes=classes, params=params or {})  # fmt: skip
     task = SegmentationTask(Experiment(model=model, ignore_index=ignore_index).model_dump(mode="json"), class_names)
     if constant_class is not None:
         head = task.model.segmentation_head[0]
         with torch.no_grad():
             head.weight.zero_()
             head.bias.zero_()
-            head.bias[constant_class] = 5.0
+            if binary:
+                head.bias[0] = 5.0 if constant_class else -5.0
+            else:
+                head.bias[constant_class] = 5.0
     info = ModelInfo(
         arch=arch,
         encoder_name="resnet18",
-        in_channels=3,
-        classes=len(class_names),
+        in_channels=in_channels,
+        classes=classes,
         class_names=list(class_names),
         ignore_index=ignore_index,
-        normalization=IMAGENET,
+        normalization=IMAGENET
+        if in_channels == 3
+        else {"mode": "explicit", "mean": [0.5] * in_channels, "std": [0.25] * in_channels, "max_pixel_value": 255.0},
         size_multiple=size_multiple(task.model),
         model_params=dict(params or {}),
     )

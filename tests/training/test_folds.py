@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +95,24 @@ def test_kfold_trains_k_runs_and_summarises_them(kfold, tiny_dataset):
     assert len(runs) == 3  # one W&B run per fold (in one W&B group)
 
 
+def test_report_of_a_kfold_folder_compares_its_folds_with_their_mean_and_std(kfold, tmp_path):
+    """`report <k-fold folder>` said only "no metrics.csv". It is the fold runs side by side, with the mean ± std
+    train's k-fold summary gives (kfold.json)."""
+    _, kfold_dir, _ = kfold
+    summary = json.loads((kfold_dir / "kfold.json").read_text())["summary"]
+    result = run_segcli("report", kfold_dir, "--no-redraw", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("│" if "│" in line else "┃")]
+            for line in result.stdout.splitlines() if line.startswith(("│", "┃"))]  # fmt: skip
+    header = next(row for row in rows if "kfold-cv-fold1" in row)
+    assert header[1:] == ["kfold-cv-fold1", "kfold-cv-fold2", "kfold-cv-fold3", "mean ± std"]
+    cells = {row[0]: row[1:] for row in rows}
+    for label, key in (("best val/mIoU", "val/mIoU"), ("IoU disc", "val/IoU/disc")):
+        mean, std = summary[key]["mean"], summary[key]["std"]
+        assert cells[label][3] == f"{mean:.4f} ± {std:.4f}", label
+    assert f"k-fold {kfold_dir.name}: its 3 fold runs" in result.stdout
+
+
 def test_a_killed_kfold_resumes_with_the_folds_it_had_not_finished(kfold, tiny_dataset):
     folder, kfold_dir, _ = kfold
     record = json.loads((kfold_dir / "kfold-cv-fold3" / "run.json").read_text())
@@ -105,6 +127,39 @@ def test_a_killed_kfold_resumes_with_the_folds_it_had_not_finished(kfold, tiny_d
     after = {run: (kfold_dir / run / "ckpt_best.pth").stat().st_mtime_ns for run in before}
     assert after == before  # finished folds are not trained again
     assert json.loads((kfold_dir / "kfold-cv-fold3" / "run.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_fold_exits_130_like_a_single_run_and_resume_finishes_every_fold(tiny_dataset, tmp_path):
+    """A real SIGINT during the first fold: it finished the epoch, then the fold summary raised KeyError 'val/mIoU'
+    (exit 1). Now: the stopped fold's summary, the single run's message, exit 130; `--resume` finishes every fold."""
+    (tmp_path / "kfold.yaml").write_text(KFOLD.replace("max_epochs: 1", "max_epochs: 3"))
+    args = ["train", "-c", "kfold.yaml", "-e", "cv", "--folds", "2", "--dataset", str(tiny_dataset), "--classes",
+            DEMO_CLASSES, "--output-dir", "out"]  # fmt: skip
+    kfold_dir = tmp_path / "out" / "checkpoints" / "kfold-cv-kfold"
+    process = subprocess.Popen([sys.executable, "-m", "segcli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    record = kfold_dir / "kfold-cv-fold1" / "run.json"
+    deadline = time.monotonic() + 300
+    while not (record.is_file() and json.loads(record.read_text() or "{}").get("epochs_completed", 0) >= 1):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # during the fold's second epoch: the handler is certainly in place
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyError" not in stderr
+    stopped_after = json.loads(record.read_text())["epochs_completed"]
+    assert f"stopped at your request after epoch {stopped_after}; continue with --resume" in stderr
+    assert "run kfold-cv-fold1" in stdout and stopped_after < 3
+    assert not (kfold_dir / "kfold-cv-fold2").exists()
+
+    resumed = run_segcli(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((kfold_dir / "kfold.json").read_text())["summary"]
+    for run in ("kfold-cv-fold1", "kfold-cv-fold2"):
+        done = json.loads((kfold_dir / run / "run.json").read_text())
+        assert done["finished"] and done["epochs_completed"] == 3, run
+    assert f"{summary['val/mIoU']['mean']:.4f} ± {summary['val/mIoU']['std']:.4f}" in resumed.stdout
 
 
 def test_an_ensemble_averages_its_members_probabilities(tmp_path):

@@ -134,6 +134,18 @@ def test_every_checkpoint_kind_scores_what_it_stored(trained, tiny_dataset, kind
         assert checkpoint.metrics["val/mIoU"] == pytest.approx(result.average_metrics["val_avg/mIoU"])
 
 
+@pytest.mark.parametrize(("kind", "scored_as"), [("latest", "val"), ("ema", "val_ema"), ("average", "val_avg")])
+def test_every_checkpoint_names_its_completed_epochs_and_its_own_metric(trained, kind, scored_as):
+    """average_model.pth of a 3-epoch run stored epoch 4, and its export read "val/mIoU" for the average's own
+    score. Each file names the epochs completed and the metric under the key its weights were logged with."""
+    result, run_dir = trained
+    checkpoint = read_checkpoint(getattr(run_dir, kind))
+    assert checkpoint.epoch == 3 == len(result.history)
+    logged = result.average_metrics if kind == "average" else result.history[-1]
+    assert checkpoint.info.source["metric"] == {"name": f"{scored_as}/mIoU", "value": logged[f"{scored_as}/mIoU"]}
+    assert checkpoint.metrics["val/mIoU"] == logged[f"{scored_as}/mIoU"]  # stored under val/*, as evaluate reads
+
+
 def test_the_average_is_swa_from_its_start_epoch_with_batchnorm_refitted(trained):
     """average_model.pth scored 0.05 mIoU on camvid-mini with BatchNorm statistics averaged like weights."""
     _, run_dir = trained
@@ -276,6 +288,51 @@ def test_monitoring_the_ema_keeps_the_ema_weights_as_best(tiny_dataset, tmp_path
     if best.epoch == 2:  # then it is the same file content as the EMA of the last epoch
         ema = read_checkpoint(run_dir.ema)
         assert all(torch.equal(best.state_dict[key], ema.state_dict[key]) for key in ema.state_dict)
+    # The best epoch's confusion matrix is the monitored (EMA) weights' own: run.json kept none, and no
+    # confusion_matrix.png was drawn. Differential: the stored matrix gives the stored EMA scores.
+    import json
+
+    from segcli.models.metrics import epoch_metrics
+
+    matrix = json.loads(run_dir.record.read_text())["report"]["best_matrix"]
+    assert matrix is not None and sum(map(sum, matrix)) == 4 * 64 * 64
+    from_matrix = epoch_metrics(torch.tensor(matrix), "val", CLASSES)
+    for key in ("val/mIoU", "val/pixel_accuracy", "val/IoU/disc"):
+        assert from_matrix[key] == pytest.approx(best.metrics[key], rel=1e-6, nan_ok=True), key
+    with Image.open(run_dir.confusion_png) as picture:
+        assert picture.width > 300 and np.asarray(picture.convert("L")).std() > 10
+    assert run_dir.confusion_png in result.report_files
+
+
+@pytest.mark.slow
+def test_an_extended_run_averages_the_epochs_a_run_trained_at_once_averages(tiny_dataset, tmp_path, capsys):
+    """A finished 2-epoch run extended to 4 kept averaging from epoch 2 (75% of the old max_epochs), so its
+    average_model.pth differed from a 4-epoch run's (CamVid: 0.2864 against 0.2977). Differential: extended and
+    uninterrupted runs write the same average. Extended once more after averaging has begun, the average keeps its
+    epochs, and the summary says how it differs."""
+    from segcli.cli.train import _print_summary
+
+    def run(folder: str, epochs: int, **options):
+        return _train(_experiment(max_epochs=epochs, log_predictions=0), tiny_dataset, tmp_path / folder, **options)
+
+    at_once = run("at-once", 4)
+    run("extended", 2)
+    extended = run("extended", 4, resume=True)
+    once, more = (read_checkpoint(RunDir(tmp_path / folder / "checkpoints" / "run").average)
+                  for folder in ("at-once", "extended"))  # fmt: skip
+    assert all(torch.equal(once.state_dict[key], more.state_dict[key]) for key in once.state_dict)
+    assert once.metrics == more.metrics and once.epoch == more.epoch == 4
+    assert extended.average_epochs == at_once.average_epochs == (3, 4)
+
+    further = run("extended", 5, resume=True)  # a 5-epoch run averages from epoch 4; this one has since epoch 3
+    assert (further.average_epochs, further.average_start) == ((3, 5), 4)
+    state = torch.load(tmp_path / "extended" / "checkpoints" / "run" / "state_latest.ckpt", weights_only=True)
+    assert int(state["callbacks"]["SwaAverage"]["averaged"]["n_averaged"]) == 3
+    capsys.readouterr()
+    _print_summary(further, CLASSES)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{further.average_metrics['val_avg/mIoU']:.4f} (epochs 3-5)" in out
+    assert "averaging had begun at epoch 3, before the run was extended" in out and "from epoch 4" in out
 
 
 def test_a_run_that_ends_before_the_average_starts_writes_no_average(tiny_dataset, tmp_path):

@@ -28,10 +28,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from segcli.models.metrics import epoch_metrics
 
 
-def scored_metrics(task, model: torch.nn.Module, loader, stage: str) -> dict[str, float]:
-    """`<stage>/loss`, `<stage>/mIoU`, ... of `model` on `loader` (summed over processes)."""
+def scored_metrics(task, model: torch.nn.Module, loader, stage: str) -> tuple[dict[str, float], torch.Tensor]:
+    """`<stage>/loss`, `<stage>/mIoU`, ... of `model` on `loader`, and the confusion matrix they come from (summed
+    over processes)."""
     loss, matrix = task.score(model, loader)
-    return {f"{stage}/loss": loss, **epoch_metrics(matrix, stage, task.class_names, task.binary)}
+    return {f"{stage}/loss": loss, **epoch_metrics(matrix, stage, task.class_names, task.binary)}, matrix
 
 
 class EmaAverage(pl.Callback):
@@ -42,6 +43,8 @@ class EmaAverage(pl.Callback):
         self.last_step = 0  # the optimizer step the EMA last followed (no update without a step)
         self.module: torch.nn.Module | None = None
         self._pending: dict[str, Any] | None = None
+        self.last_matrix: torch.Tensor | None = None
+        """The val confusion matrix of the EMA weights at the latest validation."""
 
     def decay_at(self, updates: int) -> float:
         """The configured decay, ramped up as (1 + n) / (10 + n) during the warm-up steps."""
@@ -74,7 +77,7 @@ class EmaAverage(pl.Callback):
         self.updates += 1
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, task) -> None:
-        metrics = scored_metrics(task, self.module, trainer.val_dataloaders, "val_ema")
+        metrics, self.last_matrix = scored_metrics(task, self.module, trainer.val_dataloaders, "val_ema")
         task.log_scores(metrics)
 
     def state_dict(self) -> dict[str, Any]:
@@ -91,7 +94,13 @@ class EmaAverage(pl.Callback):
 
 
 class SwaAverage(pl.Callback):
-    """Averages the weights of epochs >= `start_epoch` (1-based); see the module docstring."""
+    """Averages the weights of epochs >= `start_epoch` (1-based); see the module docstring.
+
+    An extended run (`--resume --max-epochs N`) has a later default start than the run it continues. An average
+    that held only epochs before the new start is dropped, and averaging begins again at the new start: the same
+    average as a run of N epochs at once. One that already holds an epoch from the new start on cannot be made
+    that average (the earlier epochs' weights are gone): it keeps its first epoch, `first_epoch`, and goes on.
+    """
 
     def __init__(self, start_epoch: int, bn_batches: int | None = None, on_ready=None):
         self.start_epoch = start_epoch
@@ -102,6 +111,8 @@ class SwaAverage(pl.Callback):
         self._pending: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
         self.epochs: int = 0
+        self.first_epoch: int | None = None
+        """The first epoch in the average (1-based); differs from `start_epoch` only in an extended run."""
 
     def setup(self, trainer: pl.Trainer, task, stage: str) -> None:
         if self.averaged is None:
@@ -110,7 +121,10 @@ class SwaAverage(pl.Callback):
             self.load_state_dict(self._pending)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, task) -> None:
-        if trainer.current_epoch + 1 >= self.start_epoch:
+        epoch = trainer.current_epoch + 1
+        if epoch >= self.start_epoch:
+            if not self.epochs:
+                self.first_epoch = epoch
             self.averaged.update_parameters(task.model)
             self.epochs += 1
 
@@ -139,19 +153,21 @@ class SwaAverage(pl.Callback):
                 for buffer in (getattr(module, "running_mean", None), getattr(module, "running_var", None)):
                     if isinstance(buffer, torch.Tensor):
                         buffer.copy_(trainer.strategy.reduce(buffer, reduce_op="mean"))
-        self.metrics = scored_metrics(task, model, trainer.val_dataloaders, "val_avg")
+        self.metrics, _ = scored_metrics(task, model, trainer.val_dataloaders, "val_avg")
         self.on_ready(model, self.metrics, trainer, task)
 
     def state_dict(self) -> dict[str, Any]:
         if not self.epochs:  # nothing averaged yet: no copy of the weights to write every epoch
             return {"epochs": 0}
-        return {"epochs": self.epochs, "averaged": self.averaged.state_dict()}
+        return {"epochs": self.epochs, "first_epoch": self.first_epoch, "averaged": self.averaged.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.averaged is None:
             self._pending = state
             return
-        self.epochs = state["epochs"]
-        if "averaged" in state:
-            self.averaged.load_state_dict(state["averaged"])
         self._pending = None
+        epochs, first = state["epochs"], state.get("first_epoch")
+        if not epochs or (first is not None and first + epochs - 1 < self.start_epoch):
+            return  # nothing averaged from the start epoch on: averaging (re)starts there
+        self.epochs, self.first_epoch = epochs, first
+        self.averaged.load_state_dict(state["averaged"])

@@ -81,6 +81,7 @@ class RunCheckpoints(Checkpoint):
         report=None,
         sync: Callable[[Path], None] | None = None,
         state_every: float = 0.0,
+        run_seconds: Callable[[], float] | None = None,
     ):
         self.run_dir = run_dir
         self.writer = writer
@@ -105,6 +106,8 @@ class RunCheckpoints(Checkpoint):
         """Seconds between two writes of the training state (0: every epoch); see `_state_due`."""
         self._state_written = time.monotonic()
         self._epoch_started = time.monotonic()
+        self.run_seconds = run_seconds
+        """The run's time so far (RunRecord.seconds), stored in run.json after every epoch."""
 
     # --- per epoch --------------------------------------------------------------------------------
 
@@ -126,8 +129,10 @@ class RunCheckpoints(Checkpoint):
         improved = self._is_better(score)
         if improved:
             self.best_score, self.best_epoch, self.best_metrics = score, epoch, metrics
-            if task.last_val_matrix is not None and not self.monitor.metric.startswith("val_ema/"):
-                self.best_matrix = task.last_val_matrix.tolist()
+            monitors_ema = self.monitor.metric.startswith("val_ema/")
+            matrix = self.ema.last_matrix if monitors_ema else task.last_val_matrix  # the monitored weights' own
+            if matrix is not None:
+                self.best_matrix = matrix.tolist()
         self.plateau_metric = self._plateau_value(trainer, metrics)
         last = trainer.should_stop or 0 < trainer.max_epochs <= epoch  # early stopping and Ctrl-C set should_stop
         if trainer.is_global_zero:
@@ -139,6 +144,7 @@ class RunCheckpoints(Checkpoint):
             self._state_written = time.monotonic()
         if trainer.is_global_zero:
             self.record.epochs_completed = epoch
+            self.record.seconds = self.run_seconds() if self.run_seconds else None
             self.record.report = report_details(self, task.class_names)
             record = RunRecord(**vars(self.record))
             self.writer.submit(self.run_dir.record, lambda: record.write(self.run_dir))
@@ -160,21 +166,24 @@ class RunCheckpoints(Checkpoint):
             return True
         return score > self.best_score if self.monitor.mode == "max" else score < self.best_score
 
-    def _payload(self, trainer: pl.Trainer, task, model: torch.nn.Module, metrics: dict[str, float]) -> dict:
-        """A checkpoint of `model` whose `metrics` are that model's own val scores (under `val/*`)."""
+    def _payload(self, trainer: pl.Trainer, task, model: torch.nn.Module, metrics: dict[str, float], *,
+                 epoch: int, scored_as: str = "val") -> dict:  # fmt: skip
+        """A checkpoint of `model` after `epoch` completed epochs, whose `metrics` are that model's own val scores
+        (under `val/*`), logged under `scored_as`."""
         return CheckpointFile(
-            info=self.info, state_dict=cpu_copy(model.state_dict()), epoch=trainer.current_epoch + 1,
-            global_step=trainer.global_step, metrics=metrics, run_name=self.run_name,
-            experiment=task.experiment.model_dump(mode="json"),
+            info=self.info, state_dict=cpu_copy(model.state_dict()), epoch=epoch, global_step=trainer.global_step,
+            metrics=metrics, run_name=self.run_name, experiment=task.experiment.model_dump(mode="json"),
+            scored_as=scored_as,
         ).payload()  # fmt: skip
 
     def _write_weights(self, trainer: pl.Trainer, task, epoch: int, metrics: dict[str, float], improved: bool) -> None:
         live = {key: value for key, value in metrics.items() if not key.startswith("val_ema/")}
-        latest = self._payload(trainer, task, task.model, live)
+        latest = self._payload(trainer, task, task.model, live, epoch=epoch)
         self._submit(self.run_dir.latest, lambda: self._save_latest(latest, epoch))
         ema = None
         if self.ema is not None:
-            ema = self._payload(trainer, task, self.ema.module, own_metrics(metrics, "val_ema"))
+            ema = self._payload(trainer, task, self.ema.module, own_metrics(metrics, "val_ema"), epoch=epoch,
+                                scored_as="val_ema")  # fmt: skip
             self._submit(self.run_dir.ema, lambda: save_torch(ema, self.run_dir.ema))
         if not improved:
             return
@@ -187,7 +196,9 @@ class RunCheckpoints(Checkpoint):
         """average_model.pth, with the average's own val scores; its val_avg/* go to every tracker."""
         if not trainer.is_global_zero:
             return
-        payload = self._payload(trainer, task, model, own_metrics(metrics, "val_avg"))
+        # The epochs completed: Lightning's epoch counter has already moved past the last one when training ends.
+        payload = self._payload(trainer, task, model, own_metrics(metrics, "val_avg"), epoch=self.history[-1]["epoch"],
+                                scored_as="val_avg")  # fmt: skip
         self._submit(self.run_dir.average, lambda: save_torch(payload, self.run_dir.average))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
