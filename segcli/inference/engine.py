@@ -3,7 +3,8 @@
 - preprocessing is the normalisation stored with the model, applied by `normalize_image`, the function
   training's pipelines end with, so a pixel reaches the model exactly as it did during validation;
 - any image size works: the batch is padded (reflected) up to the model's size multiple and the
-  output cropped back; `resize` runs the model at another scale and resizes the probabilities back;
+  output cropped back, by the functions training uses (`data/geometry.py`); `resize` runs the model at
+  another scale and resizes the probabilities back;
 - with a tile size, large images go through a sliding window whose overlapping tiles are blended
   with Gaussian weights (centre pixels count more than tile borders);
 - flip test-time augmentation averages the probabilities of the image and of its mirror image.
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from segcli.artifacts import ModelInfo
+from segcli.data.geometry import crop, pad_to_multiple
 from segcli.data.transforms import normalize_image
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -57,24 +59,6 @@ def to_batch(images: Sequence[np.ndarray], info: ModelInfo) -> torch.Tensor:
     stacked = np.stack([normalize_image(image.reshape(*image.shape[:2], channels), info.normalization)
                         for image in images])  # fmt: skip
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-
-
-def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom/right so height and width are multiples; returns the original (height, width) for `crop`.
-
-    Reflection (the image continues plausibly), or edge replication where the padding is too large to
-    reflect.
-    """
-    height, width = batch.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not pad_h and not pad_w:
-        return batch, (height, width)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(batch, (0, pad_w, 0, pad_h), mode=mode), (height, width)
-
-
-def crop(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return batch[..., : size[0], : size[1]]
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
     title = f"{run_dir.path.name}: the {len(samples)} val images with the lowest mIoU at the best checkpoint"
 
     def draw() -> None:
-        grid = render_grid(samples, plan.class_names, plan.experiment.ignore_index, PREDICTION_COLUMNS, title)
+        grid = render_grid(samples, plan.class_names, plan.task.never_scored, PREDICTION_COLUMNS, title)
         save_image(run_dir.worst_png, grid)
 
     writer.submit(run_dir.worst_png, draw)
@@ -80,7 +80,7 @@ def _log_to_wandb(run, plan, checkpoints, evaluation: Evaluation | None) -> None
         samples = evaluation.worst_samples
         table = wandb.Table(columns=["image", "mIoU", *(f"IoU/{name}" for name in plan.class_names)])
         scores = {score.name: score for score in evaluation.per_image}
-        for sample, image in zip(samples, wandb_images(samples, plan.class_names, plan.experiment.ignore_index),
+        for sample, image in zip(samples, wandb_images(samples, plan.class_names, plan.task.never_scored),
                                  strict=True):  # fmt: skip
             score = scores[sample.name]
             table.add_data(image, score.mIoU, *(None if math.isnan(v) else v for v in score.iou))
