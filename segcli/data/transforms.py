@@ -1,8 +1,8 @@
 """Transforms: experiment `{name, params}` entries -> one Albumentations Compose, and the normalisation.
 
 Normalisation has one source of truth, the experiment's `normalize:` key, resolved once into a plain
-dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_image` applies
-it, in the training pipelines (as their last step) and in inference alike, always giving float32.
+dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_unit` applies
+it as the last image step of every pipeline, training's and inference's alike, always giving float32.
 """
 
 from __future__ import annotations
@@ -174,11 +174,6 @@ def normalize_unit(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     out = pixels - np.asarray(spec["mean"], np.float32)
     out /= std
     return out
-
-
-def normalize_image(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """HxWxC pixels of any depth -> float32 model input: what training's pipelines do, without augmentation."""
-    return normalize_unit(to_unit_range(image, spec["max_pixel_value"]), spec)
 
 
 def describe_normalization(spec: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """From images to class probabilities, the same for every model source and for ensembles.
 
-- preprocessing is the normalisation stored with the model, applied by `normalize_image`, the function
-  training's pipelines end with, so a pixel reaches the model exactly as it did during validation;
+- preprocessing is training's own pipeline with the normalisation stored with the model (and, when the
+  model has a fixed input size, Albumentations' Resize to it: `data/geometry.py`), so a pixel reaches the
+  model exactly as it did during validation;
 - any image size works: the batch is padded (reflected) up to the model's size multiple and the
   output cropped back, by the functions training uses (`data/geometry.py`); `resize` runs the model at
   another scale and resizes the probabilities back;
@@ -22,11 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segcli.artifacts import ModelInfo
-from segcli.data.geometry import crop, pad_to_multiple
-from segcli.data.transforms import normalize_image
+from segcli.data.geometry import crop, input_pipeline, pad_to_multiple
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """A model: normalised NCHW float32 batch -> NCHW logits."""
@@ -48,17 +47,17 @@ class InferenceOptions:
     """(height, width) the model sees; probabilities are resized back to each image's own size."""
 
 
-def to_batch(images: Sequence[np.ndarray], info: ModelInfo) -> torch.Tensor:
-    """Same-size HxWxC images (any depth) -> a normalised NCHW float32 batch."""
+def to_batch(images: Sequence[np.ndarray], info: ModelInfo, resize: Sequence[int] | None = None) -> torch.Tensor:
+    """Same-size HxWxC images (any depth) -> a normalised NCHW float32 batch, through training's own pipeline
+    (resized to (height, width) first when `resize` is given)."""
     sizes = {image.shape for image in images}
     if len(sizes) != 1:
         raise ValueError(f"one batch holds images of one size, got {sorted(sizes)}")
     channels = images[0].shape[2] if images[0].ndim == 3 else 1
     if channels != info.in_channels:
         raise ValueError(f"model takes {info.in_channels} channels, image has {channels}")
-    stacked = np.stack([normalize_image(image.reshape(*image.shape[:2], channels), info.normalization)
-                        for image in images])  # fmt: skip
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    pipeline = input_pipeline(info.normalization, resize)
+    return torch.stack([pipeline(image=image.reshape(*image.shape[:2], channels))["image"] for image in images])
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -132,15 +131,11 @@ def sliding_window(scores: Scores, image: torch.Tensor, tile: int, overlap: floa
 
 
 def probabilities(scores: Scores, batch: torch.Tensor, multiple: int, options: InferenceOptions) -> torch.Tensor:
-    """Class probabilities NxKxHxW for a normalised batch: resize, flip TTA and sliding window as asked."""
+    """Class probabilities NxKxHxW for a normalised batch (at the size the model runs at): flip TTA and sliding
+    window as asked."""
     if options.flip_tta:
         scores = with_flip(scores)
-    size = batch.shape[-2:]
-    if options.resize is not None and tuple(size) != tuple(options.resize):
-        resized = F.interpolate(batch, size=options.resize, mode="bilinear", align_corners=False, antialias=True)
-        probs = probabilities(scores, resized, multiple, InferenceOptions(**{**options.__dict__, "resize": None}))
-        return F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
-    height, width = size
+    height, width = batch.shape[-2:]
     if options.tile is None or (height <= options.tile and width <= options.tile):
         return scores(batch)
     tile = -(-options.tile // multiple) * multiple
@@ -167,16 +162,34 @@ def same_size_batches(items: Iterator[tuple[Any, np.ndarray]], batch_size: int) 
         yield batch
 
 
+SCALE_TOLERANCE = 1.25
+"""Images more than this much larger or smaller (per side, on average) than the training images get a warning."""
+
+
 def scale_warning(info: ModelInfo, height: int, width: int) -> str | None:
-    """A hint when images are far from the size the model was trained at (its mIoU can collapse)."""
+    """A hint when images run at their own size are far from the size the model was trained at (its mIoU can
+    collapse), naming the `--resize` that restores the training scale."""
     if not info.input_size:
         return None
     trained_h, trained_w = info.input_size
     ratio = math.sqrt((height * width) / (trained_h * trained_w))
-    if 0.5 <= ratio <= 2:
+    if 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE:
         return None
     return (
         f"images are {width}x{height} but the model was trained on {trained_w}x{trained_h} (WxH), "
-        f"{ratio:.1f}x the scale; if objects appear at another scale than in training, pass "
-        f"--resize {trained_w}x{trained_h}"
+        f"{ratio:.2f}x the scale, and runs at their own size; if objects appear at another scale than in training, "
+        f"pass --resize {trained_w}x{trained_h}"
     )
+
+
+class InputWarnings:
+    """What does not fit the model in the inputs of one run, each said once: the scale (one per image size)."""
+
+    def __init__(self, info: ModelInfo, resize: Sequence[int] | None):
+        self.info, self.resize = info, resize
+        self.messages: list[str] = []
+
+    def check(self, image: np.ndarray) -> None:
+        scale = None if self.resize else scale_warning(self.info, *image.shape[:2])
+        if scale and scale not in self.messages:
+            self.messages.append(scale)

@@ -10,7 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from segcli.artifacts import (
     sidecar_path,
 )
 from segcli.config.schema import ModelConfig
+from segcli.data.geometry import fixed_input_size, resize_back
 from segcli.errors import CheckpointError, ConfigError
 from segcli.inference.engine import Forward, InferenceOptions, Scores, masks_from, model_scores, probabilities, to_batch
 from segcli.models.registry import create_model
@@ -49,9 +50,14 @@ class Predictor:
     """The model's raw logits (one model only; export checks compare them)."""
 
     def probabilities(self, images: Sequence[np.ndarray], options: InferenceOptions) -> torch.Tensor:
-        """Same-size HxWxC images -> NxKxHxW probabilities (K = 2 for a one-channel binary model)."""
-        batch = to_batch(images, self.info).to(self.device)
-        return probabilities(self.scores, batch, self.info.size_multiple, options)
+        """Same-size HxWxC images -> NxKxHxW probabilities at their own size (K = 2 for a one-channel binary
+        model); with `options.resize` the model runs at that size and the probabilities are resized back."""
+        batch = to_batch(images, self.info, options.resize)
+        return resize_back(self.batch_probabilities(batch, options), images[0].shape[:2])
+
+    def batch_probabilities(self, batch: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+        """A normalised NCHW batch, at the size the model runs at -> NxKxHxW probabilities (tiles, TTA as asked)."""
+        return probabilities(self.scores, batch.to(self.device), self.info.size_multiple, options)
 
     def predict(self, images: Sequence[np.ndarray], options: InferenceOptions | None = None) -> list[np.ndarray]:
         """Same-size HxWxC images -> HxW class-index masks (uint8, uint16 beyond 256 classes)."""
@@ -140,7 +146,11 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
             "keep the .json written next to it by `segcli export-checkpoint`"
         )
     checkpoint = read_checkpoint(path)
-    return build_model(checkpoint.info, checkpoint.state_dict, path), checkpoint.info
+    info = checkpoint.info
+    if info.val_transforms is None:  # an older file: its experiment says how it was validated
+        transforms = checkpoint.experiment.get("val_transforms") or []
+        info = replace(info, val_transforms=transforms, resize=fixed_input_size(transforms, info.in_channels))
+    return build_model(info, checkpoint.state_dict, path), info
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -174,7 +184,8 @@ def open_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> Pr
     return ensemble(members)
 
 
-ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map")
+ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map", "resize",
+                 "val_transforms")  # fmt: skip
 
 
 def ensemble(members: list[Predictor]) -> Predictor:
@@ -186,7 +197,7 @@ def ensemble(members: list[Predictor]) -> Predictor:
                 raise CheckpointError(
                     f"{member.path} and {first.path} cannot be ensembled: their {key} differ "
                     f"({getattr(member.info, key)!r} vs {getattr(first.info, key)!r}); ensemble models trained with "
-                    "the same classes and normalisation"
+                    "the same classes, normalisation and val_transforms"
                 )
     device = first.device
 

@@ -54,11 +54,12 @@ class TrainResult:
 
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
-    """Score every val image on its own with the best checkpoint (through `evaluate`'s code); the `count` worst
-    are drawn on the background writer, while the main thread makes W&B's pictures of them."""
+    """Score every val image on its own with the best checkpoint, as validation scored it (through `evaluate`'s
+    code: the val transforms on image and mask), so the pictures explain the val metric; the `count` worst are
+    drawn on the background writer, while the main thread makes W&B's pictures of them."""
     predictor = open_model(run_dir.best, device)
     options = InferenceOptions(batch_size=plan.experiment.batch_size)
-    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count)
+    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count, at_image_size=False)
     samples = evaluation.worst_samples
     title = f"{run_dir.path.name}: the {len(samples)} val images with the lowest mIoU at the best checkpoint"
 

@@ -20,6 +20,7 @@ from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
+from segcli.data.geometry import fixed_input_size
 from segcli.data.io import Pair, label_lookup, list_pairs
 from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
@@ -183,6 +184,8 @@ def preflight(
         size_multiple=task.size_multiple, model_params=dict(exp.model.params),
         label_map=[[k, v] for k, v in sorted(exp.label_map.items())] if exp.label_map else None,
         input_size=list(next(iter(sizes["val"]))) if sizes["val"] else None,
+        val_transforms=[spec.model_dump(mode="json") for spec in exp.val_transforms],
+        resize=fixed_input_size(exp.val_transforms, channels),
     )  # fmt: skip
     return Plan(
         experiment=exp,

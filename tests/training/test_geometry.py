@@ -3,23 +3,30 @@ padding never trained on or scored, `evaluate` reproducing the logged val metric
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segcli.artifacts import RunDir, RunRecord, read_checkpoint
+from segcli.artifacts import ModelInfo, RunDir, RunRecord, read_checkpoint
 from segcli.config.schema import Experiment, TransformSpec
+from segcli.data.io import read_image
 from segcli.data.synthetic import make_dataset
 from segcli.data.transforms import build_pipeline
-from segcli.inference.engine import InferenceOptions
+from segcli.files import BackgroundWriter, save_torch
+from segcli.inference.engine import InferenceOptions, scale_warning, to_batch
 from segcli.inference.evaluate import evaluate_split
-from segcli.inference.loading import open_model
+from segcli.inference.export import export
+from segcli.inference.loading import load_checkpoint_model, open_model
 from segcli.models.task import SegmentationTask
+from segcli.training.finish import worst_images
+from segcli.training.preflight import preflight
 from segcli.training.run import RunOptions, train
-from tests.inference.support import read_png
+from tests.inference.support import read_png, run_main
 from tests.support import DEMO_CLASSES
 
 CLASSES = DEMO_CLASSES.split(",")
@@ -118,3 +125,125 @@ def test_padded_and_uncovered_mask_pixels_are_never_trained_on(transform, ignore
                           "train_transforms", {"mode": "image", "mean": None, "std": None, "max_pixel_value": 255.0},
                           seed=0, fill_label=task.never_scored)(image=image, mask=mask)["mask"]  # fmt: skip
     assert set(kept.unique().tolist()) == {1, 3}
+
+
+# --- a model trained on resized images -----------------------------------------------------------
+
+SOURCE, TRAINED = (66, 90), (32, 48)  # (height, width): the images as stored, and the size training resized them to
+RESIZE = [{"name": "resize", "params": {"height": TRAINED[0], "width": TRAINED[1]}}]
+
+
+@pytest.fixture(scope="module")
+def resized_run(module_folder) -> tuple[Path, RunDir]:
+    """Unet trained 2 epochs with `resize` to 48x32 in both lists, on 90x66 images."""
+    dataset = make_dataset(module_folder / "data", train=6, val=4, size=SOURCE, seed=9)
+    exp = experiment("unet", max_epochs=2, lr=0.01, train_transforms=RESIZE, val_transforms=RESIZE,
+                     log_predictions={"count": 0, "worst": 2})  # fmt: skip
+    return dataset, run(exp, dataset, module_folder / "out")
+
+
+@pytest.mark.slow
+def test_the_checkpoint_carries_the_training_geometry(resized_run):
+    _, run_dir = resized_run
+    info = read_checkpoint(run_dir.best).info
+    assert info.resize == list(TRAINED) and info.input_size == list(TRAINED)
+    assert info.val_transforms == RESIZE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize", [None, TRAINED, (SOURCE[0], SOURCE[1])])
+def test_evaluate_reproduces_the_logged_val_metrics_of_a_resized_run(resized_run, resize):
+    """Scored as validation scored the images (their val pipeline on image and mask), whatever `resize` says; the
+    images' own size is scored too, with the probabilities resized back."""
+    dataset, run_dir = resized_run
+    checkpoint = read_checkpoint(run_dir.best)
+    evaluation = evaluate_split(open_model(run_dir.best), dataset, "val", InferenceOptions(resize=resize))
+    assert_same_metrics(checkpoint.metrics, evaluation.metrics)
+    assert int(evaluation.matrix.sum()) == 4 * TRAINED[0] * TRAINED[1]
+    own = evaluation.at_image_size
+    assert own is not None and int(own.matrix.sum()) == 4 * SOURCE[0] * SOURCE[1]
+    assert own.model_input == ("each image at its own size" if resize is None else
+                               f"resized to {resize[1]}x{resize[0]} (WxH), probabilities resized back")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_inference_resizes_exactly_as_the_training_pipeline(resized_run):
+    """One resize: the model's input for a 90x66 image is what the val pipeline makes of it, to the bit."""
+    dataset, run_dir = resized_run
+    info = read_checkpoint(run_dir.best).info
+    image = read_image(sorted((dataset / "val" / "images").glob("*"))[0])
+    pipeline = build_pipeline([TransformSpec(**spec) for spec in RESIZE], "val_transforms", info.normalization,
+                              fill_label=255)  # fmt: skip
+    expected = pipeline(image=image, mask=np.zeros(SOURCE, np.uint8))["image"]
+    assert torch.equal(to_batch([image], info, TRAINED)[0], expected)
+    sixteen = (image.astype(np.uint16) * 257)[:, :, :1]  # and for 16-bit data
+    grey = {"mode": "explicit", "mean": [0.5], "std": [0.25], "max_pixel_value": 65535.0}
+    grey_info = replace(info, in_channels=1, normalization=grey)
+    expected = build_pipeline([TransformSpec(**spec) for spec in RESIZE], "val_transforms", grey, fill_label=255)(
+        image=sixteen, mask=np.zeros(SOURCE, np.uint8))["image"]  # fmt: skip
+    assert torch.equal(to_batch([sixteen], grey_info, TRAINED)[0], expected)
+
+
+@pytest.mark.slow
+def test_predict_and_exports_apply_the_training_size_by_default(resized_run, tmp_path, capsys):
+    """No --resize: the model runs at 48x32 and the masks come back at 90x66; `--resize none` runs it at 90x66;
+    an export's sidecar carries the size, so the export predicts the same masks."""
+    dataset, run_dir = resized_run
+    images = dataset / "val" / "images"
+    outputs = {}
+    for name, extra in (("default", []), ("explicit", ["--resize", f"{TRAINED[1]}x{TRAINED[0]}"]),
+                        ("none", ["--resize", "none"])):  # fmt: skip
+        result = run_main(capsys, "predict", run_dir.path, images, "-o", tmp_path / name, *extra)
+        assert result.returncode == 0, result.stderr
+        outputs[name] = [read_png(path) for path in sorted((tmp_path / name).glob("*.png"))]
+        assert {mask.shape for mask in outputs[name]} == {SOURCE}
+        assert ("the size it was trained at" in result.stderr) == (name == "default")
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["default"], outputs["explicit"], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(outputs["default"], outputs["none"], strict=True))
+    exported = export(run_dir.best, "torchscript", tmp_path / "model.pt", height=32, width=64)
+    assert json.loads(exported.sidecar.read_text())["resize"] == list(TRAINED)
+    assert run_main(capsys, "predict", exported.path, images, "-o", tmp_path / "export").returncode == 0
+    from_export = [read_png(path) for path in sorted((tmp_path / "export").glob("*.png"))]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["default"], from_export, strict=True))
+
+
+@pytest.mark.slow
+def test_the_worst_images_are_scored_as_validation_scored_them(resized_run):
+    """finish's worst images: each val image's own mIoU as validation scored it, drawn at the val pipeline's size."""
+    dataset, run_dir = resized_run
+    exp = experiment("unet", max_epochs=2, train_transforms=RESIZE, val_transforms=RESIZE)
+    plan = preflight(exp, dataset=dataset, class_names=CLASSES, experiment_name="e")
+    writer = BackgroundWriter()
+    try:
+        worst = worst_images(plan, run_dir, torch.device("cpu"), 2, writer)
+    finally:
+        writer.close()
+    validated = evaluate_split(open_model(run_dir.best), dataset, "val", InferenceOptions(resize=None))
+    assert [(s.name, s.mIoU) for s in worst.per_image] == [(s.name, s.mIoU) for s in validated.per_image]
+    assert [sample.mask.shape for sample in worst.worst_samples] == [TRAINED, TRAINED]
+    assert [sample.prediction.shape for sample in worst.worst_samples] == [TRAINED, TRAINED]
+
+
+def test_the_scale_warning_fires_from_a_quarter_larger_and_names_the_exact_resize():
+    info = replace(read_info_without_geometry(), input_size=[32, 48])
+    assert scale_warning(info, 32, 48) is None and scale_warning(info, 36, 54) is None  # 1.125x
+    warning = scale_warning(info, 42, 63)  # 1.31x
+    assert warning is not None and "--resize 48x32" in warning and "1.31x" in warning
+    assert "--resize 48x32" in scale_warning(info, 24, 36)  # 0.75x
+
+
+def read_info_without_geometry() -> ModelInfo:
+    return ModelInfo("unet", "resnet18", 3, 4, CLASSES, None, {"mode": "image", "mean": None, "std": None,
+                     "max_pixel_value": 255.0}, 1)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_older_checkpoint_takes_its_geometry_from_its_experiment(resized_run, tmp_path):
+    """Files written before checkpoints stored val_transforms: the experiment in them says how they were validated."""
+    _, run_dir = resized_run
+    payload = torch.load(run_dir.best, weights_only=True)
+    for key in ("val_transforms", "resize"):
+        del payload["model"][key]
+    save_torch(payload, tmp_path / "old.pth")
+    info = load_checkpoint_model(tmp_path / "old.pth")[1]
+    assert info.val_transforms == RESIZE and info.resize == list(TRAINED)
