@@ -138,6 +138,10 @@ class ModelInfo:
     resize: list[int] | None = None
     """[height, width] the val pipeline resized every image to: the model's input size, which predict, evaluate
     and exports' users apply by default (Albumentations' Resize, probabilities resized back)."""
+    image_dtype: str | None = None
+    """The training images' dtype (uint8, uint16, float32, ...), from the dataset check."""
+    image_scale: float | None = None
+    """What the training images were divided by to reach 0..1: 255 for 8-bit, 4095 for 12-bit data, 1 for floats."""
     source: dict[str, Any] = field(default_factory=dict)
     """Where the weights came from: checkpoint path, kind, run name, epoch (1-based), metric."""
 
@@ -161,6 +165,8 @@ class ModelInfo:
                 input_size=[int(v) for v in data["input_size"]] if data.get("input_size") else None,
                 val_transforms=_transforms(data["val_transforms"]) if data.get("val_transforms") is not None else None,
                 resize=[int(v) for v in data["resize"]] if data.get("resize") else None,
+                image_dtype=str(data["image_dtype"]) if data.get("image_dtype") else None,
+                image_scale=float(data["image_scale"]) if data.get("image_scale") else None,
                 source=dict(data.get("source") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -192,7 +198,12 @@ class ModelInfo:
                 "layout": "NCHW",
                 "dtype": "float32",
                 "preprocessing": f"{'RGB ' if self.in_channels == 3 else ''}{resize}{recipe}; height and width padded "
-                f"to a multiple of {self.size_multiple}",
+                f"to a multiple of {self.size_multiple}"
+                + (
+                    f"; pixels of the training data's kind ({self.image_dtype}, up to {self.image_scale:g})"
+                    if self.image_dtype and self.image_scale
+                    else ""
+                ),
             },
             "output": {
                 "name": OUTPUT_NAME,

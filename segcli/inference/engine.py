@@ -26,6 +26,7 @@ import torch
 
 from segcli.artifacts import ModelInfo
 from segcli.data.geometry import crop, input_pipeline, pad_to_multiple
+from segcli.data.transforms import PER_IMAGE_MODES
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """A model: normalised NCHW float32 batch -> NCHW logits."""
@@ -182,14 +183,53 @@ def scale_warning(info: ModelInfo, height: int, width: int) -> str | None:
     )
 
 
+def describe_depth(dtype: str, scale: float | None) -> str:
+    """'uint16 12-bit data (0..4095)', 'uint8 data (0..255)', 'float32 data'."""
+    kind = np.dtype(dtype)
+    if kind.kind in "ui" and scale:
+        bits = round(math.log2(scale + 1))
+        return f"{dtype}{f' {bits}-bit' if bits != 8 * kind.itemsize else ''} data (0..{scale:g})"
+    return f"{dtype} data"
+
+
+def depth_warning(info: ModelInfo, image: np.ndarray) -> str | None:
+    """A hint when an image's pixels are not of the kind the model was trained on. They are divided by the training
+    data's scale, so other data reaches the model at other values (a 12-bit model sees 8-bit images 16 times
+    darker). Per-image normalisation (`image`, `min_max`) is the same at any scale: no hint."""
+    if info.image_dtype is None or info.normalization["mode"] in PER_IMAGE_MODES:
+        return None
+    trained = describe_depth(info.image_dtype, info.image_scale)
+    divided = f"divided by {info.normalization['max_pixel_value']:g} as the training images were"
+    if image.dtype.name != info.image_dtype:
+        return (
+            f"the model was trained on {trained}; these images are {image.dtype.name}: their pixels are {divided}, so "
+            "the model sees other values than it learned; convert them to the training data's depth"
+        )
+    largest = float(image.max()) if image.size else 0.0
+    if image.dtype.kind in "ui" and info.image_scale and largest > info.image_scale:
+        return (
+            f"the model was trained on {trained}; these images hold {int(largest).bit_length()}-bit values (up to "
+            f"{largest:g}): their pixels are {divided}, so the model sees values beyond any it learned; convert them "
+            "to the training data's depth"
+        )
+    return None
+
+
 class InputWarnings:
-    """What does not fit the model in the inputs of one run, each said once: the scale (one per image size)."""
+    """What does not fit the model in the inputs of one run, each kind said once: the scale (one per image size),
+    the bit depth (once)."""
 
     def __init__(self, info: ModelInfo, resize: Sequence[int] | None):
         self.info, self.resize = info, resize
         self.messages: list[str] = []
+        self._depth_said = False
 
     def check(self, image: np.ndarray) -> None:
         scale = None if self.resize else scale_warning(self.info, *image.shape[:2])
         if scale and scale not in self.messages:
             self.messages.append(scale)
+        if not self._depth_said:
+            depth = depth_warning(self.info, image)
+            if depth:
+                self.messages.append(depth)
+                self._depth_said = True

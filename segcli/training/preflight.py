@@ -186,6 +186,7 @@ def preflight(
         input_size=list(next(iter(sizes["val"]))) if sizes["val"] else None,
         val_transforms=[spec.model_dump(mode="json") for spec in exp.val_transforms],
         resize=fixed_input_size(exp.val_transforms, channels),
+        image_dtype=report.splits["train"].dtype, image_scale=report.splits["train"].max_pixel_value(),
     )  # fmt: skip
     return Plan(
         experiment=exp,
