@@ -149,6 +149,16 @@ class ModelInfo:
     """[[stored value, class], ...] applied to masks before scoring (evaluate)."""
     input_size: list[int] | None = None
     """[height, width] of the images the model saw in training (after the val transforms)."""
+    val_transforms: list[dict[str, Any]] | None = None
+    """The val pipeline's transforms ([{name, params}, ...]): `evaluate` scores images through them, as validation
+    scored them. None in older files (a checkpoint's experiment then holds them)."""
+    resize: list[int] | None = None
+    """[height, width] the val pipeline resized every image to: the model's input size, which predict, evaluate
+    and exports' users apply by default (Albumentations' Resize, probabilities resized back)."""
+    image_dtype: str | None = None
+    """The training images' dtype (uint8, uint16, float32, ...), from the dataset check."""
+    image_scale: float | None = None
+    """What the training images were divided by to reach 0..1: 255 for 8-bit, 4095 for 12-bit data, 1 for floats."""
     source: dict[str, Any] = field(default_factory=dict)
     """Where the weights came from: checkpoint path, kind, run name, epoch (1-based), metric."""
 
@@ -170,6 +180,10 @@ class ModelInfo:
                 model_params=dict(data.get("model_params") or {}),
                 label_map=[[int(a), int(b)] for a, b in data["label_map"]] if data.get("label_map") else None,
                 input_size=[int(v) for v in data["input_size"]] if data.get("input_size") else None,
+                val_transforms=_transforms(data["val_transforms"]) if data.get("val_transforms") is not None else None,
+                resize=[int(v) for v in data["resize"]] if data.get("resize") else None,
+                image_dtype=str(data["image_dtype"]) if data.get("image_dtype") else None,
+                image_scale=float(data["image_scale"]) if data.get("image_scale") else None,
                 source=dict(data.get("source") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -190,14 +204,23 @@ class ModelInfo:
             recipe = f"per image: {norm['mode']} normalisation of each image (see normalization.mode)"
         else:
             recipe = "(pixel / max_pixel_value - mean) / std per channel"
+        resize = ""
+        if self.resize:
+            resize = (f"resized to {self.resize[1]}x{self.resize[0]} (WxH; OpenCV bilinear, the size the model was "
+                      "trained at; resize the output probabilities back bilinearly), then ")  # fmt: skip
         return {
             **self.to_dict(),
             "input": {
                 "name": INPUT_NAME,
                 "layout": "NCHW",
                 "dtype": "float32",
-                "preprocessing": f"{'RGB ' if self.in_channels == 3 else ''}{recipe}; height and width padded to a "
-                f"multiple of {self.size_multiple}",
+                "preprocessing": f"{'RGB ' if self.in_channels == 3 else ''}{resize}{recipe}; height and width padded "
+                f"to a multiple of {self.size_multiple}"
+                + (
+                    f"; pixels of the training data's kind ({self.image_dtype}, up to {self.image_scale:g})"
+                    if self.image_dtype and self.image_scale
+                    else ""
+                ),
             },
             "output": {
                 "name": OUTPUT_NAME,
@@ -207,6 +230,10 @@ class ModelInfo:
                 else "logits, one channel per class (softmax)",
             },
         }
+
+
+def _transforms(data: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": str(item["name"]), "params": dict(item.get("params") or {})} for item in data]
 
 
 def _normalization(data: dict[str, Any]) -> dict[str, Any]:

@@ -242,8 +242,10 @@ ResizeOpt = Annotated[
     Optional[str],
     typer.Option(
         "--resize",
-        metavar="WxH",
-        help="Run the model on images resized to WxH (e.g. the training size) and resize the result back.",
+        metavar="WxH|none",
+        help="Run the model on images resized to WxH and resize the result back; `none`: at each image's own "
+        "size. Default: the size the model was trained at when its val pipeline resized to one size.",
+        show_default=False,
     ),
 ]
 GpuOpt = Annotated[
@@ -252,9 +254,12 @@ GpuOpt = Annotated[
 CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")]
 
 
-def parse_resize(text: str | None) -> tuple[int, int] | None:
-    """`--resize 128x96` (WxH, as segcli prints sizes) -> (height, width)."""
+def parse_resize(text: str | None, trained: list[int] | None = None) -> tuple[int, int] | None:
+    """`--resize 128x96` (WxH, as segcli prints sizes) -> (height, width); `none` -> None (each image at its own
+    size); not given -> `trained`, the (height, width) the model was trained at, if any."""
     if text is None:
+        return tuple(trained) if trained else None
+    if text.lower() == "none":
         return None
     from segcli.errors import ConfigError
 
@@ -263,12 +268,22 @@ def parse_resize(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         width = height = 0
     if width <= 0 or height <= 0:
-        raise ConfigError(f"--resize {text}: write it as WIDTHxHEIGHT in pixels, e.g. --resize 480x360")
+        raise ConfigError(f"--resize {text}: write it as WIDTHxHEIGHT in pixels, e.g. --resize 480x360, or `none`")
     return height, width
 
 
-def inference_options(batch_size: int, tile: int | None, overlap: float, tta, resize: str | None):
+def inference_options(batch_size: int, tile: int | None, overlap: float, tta, resize: str | None, info):
+    """The options as given, `--resize` resolved against the model's `info` (its training size by default)."""
     from segcli.inference.engine import InferenceOptions
 
     return InferenceOptions(batch_size=batch_size, tile=tile, overlap=overlap, flip_tta=tta is Tta.flip,
-                            resize=parse_resize(resize))  # fmt: skip
+                            resize=parse_resize(resize, info.resize))  # fmt: skip
+
+
+def resize_note(resize: str | None, info) -> str | None:
+    """A line saying that the model runs at the size it was trained at, when that was not asked for."""
+    if resize is not None or not info.resize:
+        return None
+    height, width = info.resize
+    return (f"running the model at {width}x{height}, the size it was trained at (its val_transforms resize to it); "
+            "--resize none runs it at each image's own size")  # fmt: skip

@@ -63,6 +63,7 @@ def evaluate(
 ) -> None:
     """Per-class IoU and Dice, mIoU, mDCC and pixel accuracy over a split (class names from the model)."""
     from segcli.config import env
+    from segcli.data.io import never_scored_label
     from segcli.devices import inference_device
     from segcli.drawing.pictures import PREDICTION_COLUMNS, render_confusion_matrix, render_grid
     from segcli.files import save_image
@@ -74,7 +75,7 @@ def evaluate(
     predictor = open_models(models, inference_device(gpu, cpu))
     if label_map is not None:
         predictor = predictor.with_label_map(parse_label_map(label_map))
-    options = inference_options(batch_size, tile, overlap, tta, resize)
+    options = inference_options(batch_size, tile, overlap, tta, resize, predictor.info)
     pairs = split_pairs(predictor, root, split)
     with ProgressReport(f"evaluating {split}", enabled=not json_output) as progress:
         progress.total(len(pairs))
@@ -92,7 +93,8 @@ def evaluate(
         samples = result.worst_samples
         title = f"{run}: the {len(samples)} {split} images with the lowest mIoU"
         info = predictor.info
-        save_image(worst_output, render_grid(samples, info.class_names, info.ignore_index, PREDICTION_COLUMNS, title))
+        ignored = never_scored_label(info.ignore_index, len(info.class_names))
+        save_image(worst_output, render_grid(samples, info.class_names, ignored, PREDICTION_COLUMNS, title))
         notes.print(f"wrote {worst_output}", markup=False)
     if json_output:
         document = {"models": [str(path) for path in predictor.members], "model_kind": predictor.kind,
@@ -126,8 +128,10 @@ def _print_table(result, predictor, root: Path, worst: int | None) -> None:
 
     s = result.split
     pixels = result.matrix.sum(1).tolist()
+    own = result.at_image_size
     console = stdout_console()
     console.print(f"{predictor.kind} {predictor.path} on {root / s}: {result.images} images")
+    console.print(f"scored as validation scored them ({result.scored_as})")
     absent = any(result.metrics[f"{s}/IoU/{name}"] != result.metrics[f"{s}/IoU/{name}"] for name in result.class_names)
     table = Table(
         caption="-: class absent from both targets and predictions (left out of the means)" if absent else None
@@ -136,14 +140,19 @@ def _print_table(result, predictor, root: Path, worst: int | None) -> None:
     table.add_column("IoU", justify="right")
     table.add_column("Dice", justify="right")
     table.add_column("pixels", justify="right")
+    if own is not None:
+        table.add_column("IoU at image size", justify="right")
     for index, name in enumerate(result.class_names):
-        table.add_row(name, fmt(result.metrics[f"{s}/IoU/{name}"]), fmt(result.metrics[f"{s}/Dice/{name}"]),
-                      f"{pixels[index]:,}")  # fmt: skip
+        cells = [fmt(result.metrics[f"{s}/IoU/{name}"]), fmt(result.metrics[f"{s}/Dice/{name}"]), f"{pixels[index]:,}"]
+        if own is not None:
+            cells.append(fmt(own.metrics[f"{s}/IoU/{name}"]))
+        table.add_row(name, *cells)
     table.add_section()
     # A binary model's headline is the foreground's IoU and Dice (README), not a mean over both classes.
     foreground = result.class_names[1] if predictor.info.binary else None
     headline = f"{foreground} (binary headline: mIoU, mDCC)" if foreground else "mean"
-    table.add_row(headline, fmt(result.metrics[f"{s}/mIoU"]), fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}")
+    mean = [fmt(result.metrics[f"{s}/mIoU"]), fmt(result.metrics[f"{s}/mDCC"]), f"{sum(pixels):,}"]
+    table.add_row(headline, *mean, *([fmt(own.metrics[f"{s}/mIoU"])] if own is not None else []))
     console.print(table)
     ignored = "" if result.ignore_index is None else f"; label {result.ignore_index} ignored"
     meaning = f" (binary: the {foreground} IoU and Dice)" if foreground else ""
@@ -151,6 +160,11 @@ def _print_table(result, predictor, root: Path, worst: int | None) -> None:
         f"mIoU {fmt(result.metrics[f'{s}/mIoU'])}  mDCC {fmt(result.metrics[f'{s}/mDCC'])}{meaning}  "
         f"pixel accuracy {fmt(result.metrics[f'{s}/pixel_accuracy'])}{ignored}"
     )
+    if own is not None:
+        console.print(
+            f"at the images' own size ({own.model_input}): mIoU {fmt(own.metrics[f'{s}/mIoU'])}  "
+            f"mDCC {fmt(own.metrics[f'{s}/mDCC'])}  pixel accuracy {fmt(own.metrics[f'{s}/pixel_accuracy'])}"
+        )
     if worst:
         ranked = Table(title=f"the {worst} images with the lowest mIoU")
         ranked.add_column("image")

@@ -21,6 +21,7 @@ from segcli.cli.common import (
     TtaOpt,
     counted,
     inference_options,
+    resize_note,
     stderr_console,
 )
 
@@ -68,9 +69,12 @@ def predict(
     if probabilities not in (None, 8, 16):
         raise ConfigError(f"--probabilities {probabilities}: write 8 or 16 (bits per value)")
     files = collect_inputs(inputs)
-    options = inference_options(batch_size, tile, overlap, tta, resize)
     predictor = open_models([model, *(ensemble or [])], inference_device(gpu, cpu))
+    options = inference_options(batch_size, tile, overlap, tta, resize, predictor.info)
     errors = stderr_console()
+    note = resize_note(resize, predictor.info)
+    if note:
+        errors.print(note, markup=False)
     with ProgressReport("predicting") as progress:
         progress.total(len(files))
 

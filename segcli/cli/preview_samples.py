@@ -49,7 +49,7 @@ def preview_samples(
     from segcli.config import env
     from segcli.data.check_report import format_problems
     from segcli.data.checks import check_dataset_cached
-    from segcli.data.io import label_lookup, list_pairs
+    from segcli.data.io import label_lookup, list_pairs, never_scored_label
     from segcli.data.samples import choose_pairs, load_samples
     from segcli.drawing.colours import parse_bands
     from segcli.drawing.pictures import render_grid
@@ -87,7 +87,8 @@ def preview_samples(
         stats = report.splits[split]
         scale = PixelStats(stats.max_pixel_value())
         where = f"experiment '{experiment}': train_transforms"
-        pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed)
+        pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed,
+                                    fill_label=never_scored_label(ignore_index, len(class_names)))  # fmt: skip
         output_sizes(pipeline, where, stats.image_sizes, channels, stats.dtype or "uint8", tries=1)
     samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
                            label_lookup=label_lookup(label_map), bands=parse_bands(bands))  # fmt: skip

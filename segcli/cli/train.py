@@ -246,7 +246,7 @@ def _print_dry_run(resolved: dict, options_for, show_warnings) -> None:
         parameters = sum(p.numel() for p in plan.task.model.parameters())
         console.print(
             f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {parameters:,} parameters, "
-            f"input height and width must be multiples of {plan.info.size_multiple}"
+            f"batches padded to multiples of {plan.info.size_multiple} (reflected; the padding is never scored)"
         )
         console.print(f"# normalisation: {describe_normalization(plan.normalization)}")
         train = plan.report.splits["train"]

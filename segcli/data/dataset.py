@@ -87,15 +87,25 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pair before the transforms: the image at full depth, the mask with the label map applied."""
         if self.cache is not None:
             image, mask = self.cache.get(index)
         else:
             pair = self.pairs[index]
             image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
+        return image, map_labels(mask, self.label_lookup)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.transformed(*self.read(index), epoch, index)
+
+    def transformed(
+        self, image: np.ndarray, mask: np.ndarray, epoch: int, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pair read by `read` through the pipeline, seeded by (seed, epoch, index) as in training."""
         self.transform.set_random_seed(derived_seed(self.seed, epoch, index))
-        out = self.transform(image=image, mask=map_labels(mask, self.label_lookup))
+        out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()
 
 

@@ -203,6 +203,15 @@ def read_mask(path: Path) -> np.ndarray:
     return array
 
 
+def never_scored_label(ignore_index: int | None, classes: int) -> int:
+    """The label of pixels that are neither trained on nor scored (what a transform pads or fills masks with):
+    the experiment's `ignore_index`, or without one the first value no class can take (255, or 65535 beyond
+    255 classes). The loss is built to ignore it; every metric leaves it out (it is no class)."""
+    if ignore_index is not None:
+        return ignore_index
+    return 255 if classes <= 255 else MAX_LABEL
+
+
 def label_lookup(label_map: dict[int, int] | None) -> np.ndarray | None:
     """A table stored value -> class for `label_map` (identity elsewhere), or None without a map."""
     if not label_map:

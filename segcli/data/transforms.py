@@ -1,8 +1,8 @@
 """Transforms: experiment `{name, params}` entries -> one Albumentations Compose, and the normalisation.
 
 Normalisation has one source of truth, the experiment's `normalize:` key, resolved once into a plain
-dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_image` applies
-it, in the training pipelines (as their last step) and in inference alike, always giving float32.
+dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_unit` applies
+it as the last image step of every pipeline, training's and inference's alike, always giving float32.
 """
 
 from __future__ import annotations
@@ -66,8 +66,16 @@ def _accepted_params(cls: type) -> set[str] | None:
     return {name for name in parameters if name != "self"}
 
 
-def build_transform(spec: TransformSpec, where: str):
-    """One transform; `where` names the list entry in error messages."""
+def fills_mask_borders(cls: type) -> bool:
+    """A transform that pads, or fills the borders it uncovers (rotations, affine and elastic warps, crops with
+    `pad_if_needed`): its `fill_mask` becomes mask pixels that no image pixel stands for."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return "fill_mask" in parameters and "border_mode" in parameters
+
+
+def build_transform(spec: TransformSpec, where: str, fill_label: int | None = None):
+    """One transform; `where` names the list entry in error messages. A transform that fills mask borders and
+    was given no `fill_mask` fills them with `fill_label` (the never-scored label), not with class 0."""
     try:
         cls = lookup_transform(spec.name)
     except KeyError as exc:
@@ -86,8 +94,11 @@ def build_transform(spec: TransformSpec, where: str):
                 f"{where}.params: {spec.name} has no parameter '{unknown[0]}'; "
                 + did_you_mean(unknown[0], accepted - {"always_apply", "strict"})
             )
+    params = dict(spec.params)
+    if fill_label is not None and "fill_mask" not in params and fills_mask_borders(cls):
+        params["fill_mask"] = fill_label
     try:
-        return cls(**spec.params)
+        return cls(**params)
     except (ValueError, TypeError) as exc:
         # Albumentations validates parameters with pydantic (a ValueError) when they are built.
         detail = " ".join(str(exc).split())
@@ -165,11 +176,6 @@ def normalize_unit(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def normalize_image(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """HxWxC pixels of any depth -> float32 model input: what training's pipelines do, without augmentation."""
-    return normalize_unit(to_unit_range(image, spec["max_pixel_value"]), spec)
-
-
 def describe_normalization(spec: dict[str, Any]) -> str:
     """One line for --dry-run and summaries."""
     if spec["mode"] in PER_IMAGE_MODES:
@@ -201,24 +207,30 @@ class Normalization(A.ImageOnlyTransform):
         return normalize_unit(img, self.normalization)
 
 
-def build_pipeline(specs: Sequence[TransformSpec], where: str, normalization: dict[str, Any], seed: int | None = None):
+def build_pipeline(
+    specs: Sequence[TransformSpec], where: str, normalization: dict[str, Any], seed: int | None = None, *,
+    fill_label: int,
+):  # fmt: skip
     """Compose: pixels to 0..1 (8-bit stays uint8), the listed transforms, the normalisation, tensors.
 
     Albumentations draws from the Compose's own generator (global seeds have no effect), so `seed` is
-    what makes augmentations reproducible.
+    what makes augmentations reproducible. `fill_label`: what pads and border fills put in masks (see
+    `build_transform`).
     """
-    steps = [UnitRange(normalization["max_pixel_value"]), *_listed(specs, where), Normalization(normalization),
-             ToTensorV2()]  # fmt: skip
+    steps = [UnitRange(normalization["max_pixel_value"]), *_listed(specs, where, fill_label),
+             Normalization(normalization), ToTensorV2()]  # fmt: skip
     return A.Compose(steps, seed=seed)
 
 
-def preview_pipeline(specs: Sequence[TransformSpec], where: str, max_pixel_value: float, seed: int | None = None):
+def preview_pipeline(
+    specs: Sequence[TransformSpec], where: str, max_pixel_value: float, seed: int | None = None, *, fill_label: int
+):
     """The same transforms for pictures: no normalisation and no tensors, so the images stay displayable."""
-    return A.Compose([UnitRange(max_pixel_value), *_listed(specs, where)], seed=seed)
+    return A.Compose([UnitRange(max_pixel_value), *_listed(specs, where, fill_label)], seed=seed)
 
 
-def _listed(specs: Sequence[TransformSpec], where: str) -> list:
-    return [build_transform(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
+def _listed(specs: Sequence[TransformSpec], where: str, fill_label: int) -> list:
+    return [build_transform(spec, f"{where}[{index}]", fill_label) for index, spec in enumerate(specs)]
 
 
 def output_sizes(pipeline, where: str, image_sizes, channels: int, dtype: str, tries: int = 8) -> set[tuple[int, int]]:

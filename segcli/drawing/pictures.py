@@ -69,7 +69,9 @@ def render_grid(
     masks = [s.mask for s in samples] + [s.prediction for s in samples if s.prediction is not None]
     found = np.unique(np.concatenate([np.unique(m) for m in masks])) if masks else []
     other = [int(v) for v in found if not 0 <= v < len(class_names) and v != ignore_index]
-    entries = legend_entries(class_names, ignore_index, other)
+    # The ignored label only when it is shown: without an ignore_index it is an internal one (pads, regions).
+    shown = ignore_index is not None and ignore_index in found
+    entries = legend_entries(class_names, ignore_index if shown else None, other)
     row_width = max(sum(t.width for t in tiles) + MARGIN * (len(tiles) + 1) for _, tiles in rows)
     swatch, entry_width = 16, 190
     per_line = max(1, (row_width - MARGIN) // entry_width)

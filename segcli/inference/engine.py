@@ -1,9 +1,11 @@
 """From images to class probabilities, the same for every model source and for ensembles.
 
-- preprocessing is the normalisation stored with the model, applied by `normalize_image`, the function
-  training's pipelines end with, so a pixel reaches the model exactly as it did during validation;
+- preprocessing is training's own pipeline with the normalisation stored with the model (and, when the
+  model has a fixed input size, Albumentations' Resize to it: `data/geometry.py`), so a pixel reaches the
+  model exactly as it did during validation;
 - any image size works: the batch is padded (reflected) up to the model's size multiple and the
-  output cropped back; `resize` runs the model at another scale and resizes the probabilities back;
+  output cropped back, by the functions training uses (`data/geometry.py`); `resize` runs the model at
+  another scale and resizes the probabilities back;
 - with a tile size, large images go through a sliding window whose overlapping tiles are blended
   with Gaussian weights (centre pixels count more than tile borders);
 - flip test-time augmentation averages the probabilities of the image and of its mirror image.
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segcli.artifacts import ModelInfo
-from segcli.data.transforms import normalize_image
+from segcli.data.geometry import crop, input_pipeline, pad_to_multiple
+from segcli.data.transforms import PER_IMAGE_MODES
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """A model: normalised NCHW float32 batch -> NCHW logits."""
@@ -46,35 +48,17 @@ class InferenceOptions:
     """(height, width) the model sees; probabilities are resized back to each image's own size."""
 
 
-def to_batch(images: Sequence[np.ndarray], info: ModelInfo) -> torch.Tensor:
-    """Same-size HxWxC images (any depth) -> a normalised NCHW float32 batch."""
+def to_batch(images: Sequence[np.ndarray], info: ModelInfo, resize: Sequence[int] | None = None) -> torch.Tensor:
+    """Same-size HxWxC images (any depth) -> a normalised NCHW float32 batch, through training's own pipeline
+    (resized to (height, width) first when `resize` is given)."""
     sizes = {image.shape for image in images}
     if len(sizes) != 1:
         raise ValueError(f"one batch holds images of one size, got {sorted(sizes)}")
     channels = images[0].shape[2] if images[0].ndim == 3 else 1
     if channels != info.in_channels:
         raise ValueError(f"model takes {info.in_channels} channels, image has {channels}")
-    stacked = np.stack([normalize_image(image.reshape(*image.shape[:2], channels), info.normalization)
-                        for image in images])  # fmt: skip
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-
-
-def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom/right so height and width are multiples; returns the original (height, width) for `crop`.
-
-    Reflection (the image continues plausibly), or edge replication where the padding is too large to
-    reflect.
-    """
-    height, width = batch.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not pad_h and not pad_w:
-        return batch, (height, width)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(batch, (0, pad_w, 0, pad_h), mode=mode), (height, width)
-
-
-def crop(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return batch[..., : size[0], : size[1]]
+    pipeline = input_pipeline(info.normalization, resize)
+    return torch.stack([pipeline(image=image.reshape(*image.shape[:2], channels))["image"] for image in images])
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -148,15 +132,11 @@ def sliding_window(scores: Scores, image: torch.Tensor, tile: int, overlap: floa
 
 
 def probabilities(scores: Scores, batch: torch.Tensor, multiple: int, options: InferenceOptions) -> torch.Tensor:
-    """Class probabilities NxKxHxW for a normalised batch: resize, flip TTA and sliding window as asked."""
+    """Class probabilities NxKxHxW for a normalised batch (at the size the model runs at): flip TTA and sliding
+    window as asked."""
     if options.flip_tta:
         scores = with_flip(scores)
-    size = batch.shape[-2:]
-    if options.resize is not None and tuple(size) != tuple(options.resize):
-        resized = F.interpolate(batch, size=options.resize, mode="bilinear", align_corners=False, antialias=True)
-        probs = probabilities(scores, resized, multiple, InferenceOptions(**{**options.__dict__, "resize": None}))
-        return F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
-    height, width = size
+    height, width = batch.shape[-2:]
     if options.tile is None or (height <= options.tile and width <= options.tile):
         return scores(batch)
     tile = -(-options.tile // multiple) * multiple
@@ -183,16 +163,73 @@ def same_size_batches(items: Iterator[tuple[Any, np.ndarray]], batch_size: int) 
         yield batch
 
 
+SCALE_TOLERANCE = 1.25
+"""Images more than this much larger or smaller (per side, on average) than the training images get a warning."""
+
+
 def scale_warning(info: ModelInfo, height: int, width: int) -> str | None:
-    """A hint when images are far from the size the model was trained at (its mIoU can collapse)."""
+    """A hint when images run at their own size are far from the size the model was trained at (its mIoU can
+    collapse), naming the `--resize` that restores the training scale."""
     if not info.input_size:
         return None
     trained_h, trained_w = info.input_size
     ratio = math.sqrt((height * width) / (trained_h * trained_w))
-    if 0.5 <= ratio <= 2:
+    if 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE:
         return None
     return (
         f"images are {width}x{height} but the model was trained on {trained_w}x{trained_h} (WxH), "
-        f"{ratio:.1f}x the scale; if objects appear at another scale than in training, pass "
-        f"--resize {trained_w}x{trained_h}"
+        f"{ratio:.2f}x the scale, and runs at their own size; if objects appear at another scale than in training, "
+        f"pass --resize {trained_w}x{trained_h}"
     )
+
+
+def describe_depth(dtype: str, scale: float | None) -> str:
+    """'uint16 12-bit data (0..4095)', 'uint8 data (0..255)', 'float32 data'."""
+    kind = np.dtype(dtype)
+    if kind.kind in "ui" and scale:
+        bits = round(math.log2(scale + 1))
+        return f"{dtype}{f' {bits}-bit' if bits != 8 * kind.itemsize else ''} data (0..{scale:g})"
+    return f"{dtype} data"
+
+
+def depth_warning(info: ModelInfo, image: np.ndarray) -> str | None:
+    """A hint when an image's pixels are not of the kind the model was trained on. They are divided by the training
+    data's scale, so other data reaches the model at other values (a 12-bit model sees 8-bit images 16 times
+    darker). Per-image normalisation (`image`, `min_max`) is the same at any scale: no hint."""
+    if info.image_dtype is None or info.normalization["mode"] in PER_IMAGE_MODES:
+        return None
+    trained = describe_depth(info.image_dtype, info.image_scale)
+    divided = f"divided by {info.normalization['max_pixel_value']:g} as the training images were"
+    if image.dtype.name != info.image_dtype:
+        return (
+            f"the model was trained on {trained}; these images are {image.dtype.name}: their pixels are {divided}, so "
+            "the model sees other values than it learned; convert them to the training data's depth"
+        )
+    largest = float(image.max()) if image.size else 0.0
+    if image.dtype.kind in "ui" and info.image_scale and largest > info.image_scale:
+        return (
+            f"the model was trained on {trained}; these images hold {int(largest).bit_length()}-bit values (up to "
+            f"{largest:g}): their pixels are {divided}, so the model sees values beyond any it learned; convert them "
+            "to the training data's depth"
+        )
+    return None
+
+
+class InputWarnings:
+    """What does not fit the model in the inputs of one run, each kind said once: the scale (one per image size),
+    the bit depth (once)."""
+
+    def __init__(self, info: ModelInfo, resize: Sequence[int] | None):
+        self.info, self.resize = info, resize
+        self.messages: list[str] = []
+        self._depth_said = False
+
+    def check(self, image: np.ndarray) -> None:
+        scale = None if self.resize else scale_warning(self.info, *image.shape[:2])
+        if scale and scale not in self.messages:
+            self.messages.append(scale)
+        if not self._depth_said:
+            depth = depth_warning(self.info, image)
+            if depth:
+                self.messages.append(depth)
+                self._depth_said = True

@@ -199,7 +199,7 @@ def _load_models(checkpoints: list[Path], fmt: str) -> tuple[torch.nn.Module, Mo
             if getattr(info, key) != getattr(first, key):
                 raise ConfigError(
                     f"{path} cannot join an ensemble with {checkpoints[0]}: their {key} differ; ensemble models "
-                    "trained with the same classes and normalisation"
+                    "trained with the same classes, normalisation and val_transforms"
                 )
     multiple = math.lcm(*(info.size_multiple for _, info in loaded))
     source = {"ensemble": [info.source for _, info in loaded]}

@@ -29,6 +29,7 @@ from segcli.artifacts import (
     sidecar_path,
 )
 from segcli.config.schema import ModelConfig
+from segcli.data.geometry import fixed_input_size, resize_back
 from segcli.errors import CheckpointError, ConfigError, MissingPackageError
 from segcli.inference.engine import Forward, InferenceOptions, Scores, masks_from, model_scores, probabilities, to_batch
 from segcli.models.registry import create_model
@@ -49,9 +50,14 @@ class Predictor:
     """The model's raw logits (one model only; export checks compare them)."""
 
     def probabilities(self, images: Sequence[np.ndarray], options: InferenceOptions) -> torch.Tensor:
-        """Same-size HxWxC images -> NxKxHxW probabilities (K = 2 for a one-channel binary model)."""
-        batch = to_batch(images, self.info).to(self.device)
-        return probabilities(self.scores, batch, self.info.size_multiple, options)
+        """Same-size HxWxC images -> NxKxHxW probabilities at their own size (K = 2 for a one-channel binary
+        model); with `options.resize` the model runs at that size and the probabilities are resized back."""
+        batch = to_batch(images, self.info, options.resize)
+        return resize_back(self.batch_probabilities(batch, options), images[0].shape[:2])
+
+    def batch_probabilities(self, batch: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+        """A normalised NCHW batch, at the size the model runs at -> NxKxHxW probabilities (tiles, TTA as asked)."""
+        return probabilities(self.scores, batch.to(self.device), self.info.size_multiple, options)
 
     def with_label_map(self, label_map: dict[int, int]) -> Predictor:
         """The same model, scored against masks whose stored values `label_map` maps to its classes (added to,
@@ -143,7 +149,11 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
             "keep the .json written next to it by `segcli export-checkpoint`"
         )
     checkpoint = read_checkpoint(path)
-    return build_model(checkpoint.info, checkpoint.state_dict, path), checkpoint.info
+    info = checkpoint.info
+    if info.val_transforms is None:  # an older file: its experiment says how it was validated
+        transforms = checkpoint.experiment.get("val_transforms") or []
+        info = replace(info, val_transforms=transforms, resize=fixed_input_size(transforms, info.in_channels))
+    return build_model(info, checkpoint.state_dict, path), info
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -177,7 +187,8 @@ def open_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> Pr
     return ensemble(members)
 
 
-ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map")
+ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map", "resize",
+                 "val_transforms")  # fmt: skip
 
 
 def ensemble(members: list[Predictor]) -> Predictor:
@@ -189,7 +200,7 @@ def ensemble(members: list[Predictor]) -> Predictor:
                 raise CheckpointError(
                     f"{member.path} and {first.path} cannot be ensembled: their {key} differ "
                     f"({getattr(member.info, key)!r} vs {getattr(first.info, key)!r}); ensemble models trained with "
-                    "the same classes and normalisation"
+                    "the same classes, normalisation and val_transforms"
                 )
     device = first.device
 

@@ -19,7 +19,7 @@ from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import overlay_with_legend
 from segcli.errors import ConfigError
 from segcli.files import save_image
-from segcli.inference.engine import InferenceOptions, masks_from, same_size_batches, scale_warning
+from segcli.inference.engine import InferenceOptions, InputWarnings, masks_from, same_size_batches
 from segcli.inference.loading import Predictor
 
 OVERLAYS = "overlays"
@@ -100,12 +100,11 @@ def predict_files(
                 report.skipped.append((path, reason))
                 on_done(path, reason)
 
+    inputs = InputWarnings(predictor.info, options.resize)
     with quiet_opencv():
         for batch in same_size_batches(readable(), options.batch_size):
-            height, width = batch[0][1].shape[:2]
-            warning = None if options.resize else scale_warning(predictor.info, height, width)
-            if warning and warning not in report.warnings:
-                report.warnings.append(warning)
+            for _, image in batch:
+                inputs.check(image)
             probs = predictor.probabilities([image for _, image in batch], options)
             masks = masks_from(probs, len(predictor.info.class_names))
             for (path, image), mask, prob in zip(batch, masks, probs, strict=True):
@@ -118,6 +117,7 @@ def predict_files(
                         prob.cpu().numpy(), path.stem, output, predictor.info, probability_bits
                     )
                 on_done(path, None)
+    report.warnings = inputs.messages
     return report
 
 

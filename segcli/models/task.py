@@ -1,5 +1,10 @@
 """The LightningModule every command shares: model, loss, epoch metrics, optimizers.
 
+Batches of any size work: each is padded to the model's size multiple and the logits cropped back, by the
+function inference uses (`data/geometry.py`), so no pipeline needs a pad, and validation sees an odd-sized
+image exactly as `evaluate` does. The loss and every metric leave out `never_scored` pixels (the
+experiment's `ignore_index`, or an internal label without one): what transforms pad masks with.
+
 Built once: `configure_models/losses/metrics` are segcli's own names (torchgeo's), deliberately not
 Lightning's `configure_model` hook, which Lightning would call again inside `trainer.fit` and so build
 a second model (pretrained weights loaded twice, the seed no longer deciding the start weights).
@@ -15,6 +20,8 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from segcli.config.schema import Experiment
+from segcli.data.geometry import crop, pad_to_multiple
+from segcli.data.io import never_scored_label
 from segcli.errors import TrainingDivergedError
 from segcli.models import registry
 from segcli.models.losses import build_loss
@@ -41,13 +48,14 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_models(self) -> None:
         self.model = registry.create_model(self.experiment.model)
+        self.size_multiple = registry.size_multiple(self.model)
         if self.experiment.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.experiment.compile:
             self.model.compile()  # in place: state_dict keys stay those of the plain model
 
     def configure_losses(self) -> None:
-        self.criterion = build_loss(self.experiment.loss, self.experiment.ignore_index, self.binary)
+        self.criterion = build_loss(self.experiment.loss, self.never_scored, self.binary)
 
     def configure_metrics(self) -> None:
         # Keyed "<stage>_matrix": a ModuleDict key "train" would clash with Module.train().
@@ -59,13 +67,29 @@ class SegmentationTask(pl.LightningModule):
     def binary(self) -> bool:
         return self.experiment.model.classes == 1
 
+    @property
+    def never_scored(self) -> int:
+        """The mask label the loss and the metrics leave out (see `never_scored_label`)."""
+        return never_scored_label(self.experiment.ignore_index, len(self.class_names))
+
     def new_confusion_matrix(self) -> ConfusionMatrix:
-        return ConfusionMatrix(len(self.class_names), self.experiment.ignore_index)
+        return ConfusionMatrix(len(self.class_names), self.never_scored)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.model, images)
+
+    def model_input(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A batch as the model takes it: padded to its size multiple (and channels-last when asked), and the
+        size to crop its output back to."""
+        padded, size = pad_to_multiple(images, self.size_multiple)
         if self.experiment.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        return padded, size
+
+    def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`model`'s logits for a batch of any size (this model, or a weight average of it)."""
+        batch, size = self.model_input(images)
+        return crop(model(batch), size)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -159,9 +183,7 @@ class SegmentationTask(pl.LightningModule):
         mean_loss = MeanMetric().to(self.device)
         for images, masks in loader:
             images, masks = images.to(self.device), masks.to(self.device)
-            if self.experiment.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            logits = model(images)
+            logits = self.logits(model, images)
             mean_loss.update(self.criterion(logits, masks), len(masks))
             confusion.update(predictions(logits), masks)
         model.train(was_training)

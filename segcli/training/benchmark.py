@@ -81,7 +81,7 @@ def _loader_rate(loader, steps: int, batch_size: int) -> float:
 
 def _train_step(task: SegmentationTask, optimizer, scaler, images, masks, exp: Experiment, device) -> torch.Tensor:
     with _autocast(exp, device):
-        logits = task.model(images)
+        logits = task(images)  # the model as training runs it (padded to its size multiple)
     loss = task.criterion(logits, masks)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

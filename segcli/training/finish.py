@@ -60,16 +60,17 @@ class TrainResult:
 
 
 def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
-    """Score every val image on its own with the best checkpoint (through `evaluate`'s code); the `count` worst
-    are drawn on the background writer, while the main thread makes the trackers' pictures of them."""
+    """Score every val image on its own with the best checkpoint, as validation scored it (through `evaluate`'s
+    code: the val transforms on image and mask), so the pictures explain the val metric; the `count` worst are
+    drawn on the background writer, while the main thread makes the trackers' pictures of them."""
     predictor = open_model(run_dir.best, device)
     options = InferenceOptions(batch_size=plan.experiment.batch_size)
-    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count)
+    evaluation = evaluate_pairs(predictor, plan.pairs["val"], options, "val", keep_worst=count, at_image_size=False)
     samples = evaluation.worst_samples
     title = f"{run_dir.path.name}: the {len(samples)} val images with the lowest mIoU at the best checkpoint"
 
     def draw() -> None:
-        grid = render_grid(samples, plan.class_names, plan.experiment.ignore_index, PREDICTION_COLUMNS, title)
+        grid = render_grid(samples, plan.class_names, plan.task.never_scored, PREDICTION_COLUMNS, title)
         save_image(run_dir.worst_png, grid)
 
     writer.submit(run_dir.worst_png, draw)
@@ -85,7 +86,7 @@ def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluati
     if evaluation is not None and evaluation.worst_samples:
         scores = {score.name: score for score in evaluation.per_image}
         trackers.log_worst(evaluation.worst_samples, [scores[sample.name] for sample in evaluation.worst_samples],
-                           plan.class_names, plan.experiment.ignore_index, step)  # fmt: skip
+                           plan.class_names, plan.task.never_scored, step)  # fmt: skip
 
 
 def finish_run(

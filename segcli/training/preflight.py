@@ -20,12 +20,12 @@ from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
+from segcli.data.geometry import fixed_input_size
 from segcli.data.io import CHANNEL_CONVERSIONS, Pair, label_lookup, list_pairs
 from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
 from segcli.models.metrics import logged_metric_keys
-from segcli.models.registry import size_multiple
 from segcli.models.task import SegmentationTask
 
 SPLITS = ("train", "val")
@@ -107,19 +107,12 @@ def _pixel_stats(report: DatasetReport, stored: int, in_channels: int) -> PixelS
     return PixelStats(scale) if measured is None else PixelStats(scale, *measured)
 
 
-def _check_sizes(key: str, sizes: set[tuple[int, int]], multiple: int, model_label: str) -> None:
+def _check_sizes(key: str, sizes: set[tuple[int, int]]) -> None:
+    """One size per batch; any size fits the model (batches are padded to its size multiple)."""
     if len(sizes) > 1:
         raise ConfigError(
             f"{key} produce images of different sizes {sorted(sizes)}; add a resize or crop so batches can be stacked"
         )
-    for height, width in sizes:
-        if height % multiple or width % multiple:
-            fit = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
-            raise ConfigError(
-                f"{key} produce {height}x{width} (HxW) images but {model_label} needs height and width divisible by "
-                f"{multiple}; add `{{name: pad_if_needed, params: {{min_height: {fit[0]}, min_width: {fit[1]}}}}}` "
-                f"or a resize/crop to multiples of {multiple}"
-            )
 
 
 def _available_memory() -> int | None:
@@ -169,28 +162,28 @@ def preflight(
     pl.seed_everything(exp.seed, workers=True, verbose=False)  # the seed decides the start weights
     task = SegmentationTask(exp.model_dump(mode="json"), class_names)
     task.configure_optimizers()  # builds and discards: bad optimizer/scheduler params fail now, not after start-up
-    multiple = size_multiple(task.model)
     where = f"experiment '{experiment_name}'"
     pipelines = {split: build_pipeline(getattr(exp, f"{split}_transforms"), f"{where}: {split}_transforms",
-                                       normalization) for split in SPLITS}  # fmt: skip
+                                       normalization, fill_label=task.never_scored) for split in SPLITS}  # fmt: skip
     dtype = report.splits["train"].dtype or "uint8"
     pooled = report.splits["train"].image_sizes + report.splits["val"].image_sizes  # k-fold mixes the folders
     sizes = {}
     for split in SPLITS:
         image_sizes = pooled if pairs else report.splits[split].image_sizes
         sizes[split] = output_sizes(pipelines[split], f"{where}: {split}_transforms", image_sizes, channels, dtype)
-        _check_sizes(
-            f"{where}: {split}_transforms", sizes[split], multiple, f"{exp.model.arch} with {exp.model.encoder_name}"
-        )
+        _check_sizes(f"{where}: {split}_transforms", sizes[split])
     if exp.cache == "ram":
         per_value = np.dtype(dtype).itemsize
         check_memory(sum(RamCache.estimate_bytes(report.splits[s].image_sizes, channels, per_value) for s in SPLITS))
     info = ModelInfo(
         arch=exp.model.arch, encoder_name=exp.model.encoder_name, in_channels=channels, classes=exp.model.classes,
         class_names=list(class_names), ignore_index=exp.ignore_index, normalization=normalization,
-        size_multiple=multiple, model_params=dict(exp.model.params),
+        size_multiple=task.size_multiple, model_params=dict(exp.model.params),
         label_map=[[k, v] for k, v in sorted(exp.label_map.items())] if exp.label_map else None,
         input_size=list(next(iter(sizes["val"]))) if sizes["val"] else None,
+        val_transforms=[spec.model_dump(mode="json") for spec in exp.val_transforms],
+        resize=fixed_input_size(exp.val_transforms, channels),
+        image_dtype=report.splits["train"].dtype, image_scale=report.splits["train"].max_pixel_value(),
     )  # fmt: skip
     return Plan(
         experiment=exp,

@@ -166,12 +166,9 @@ CASES = [
     Case("mask value out of range", ["mask-values", "values 7 outside the classes 0..3"], dataset_edit="mask_value"),
     Case("image/mask size mismatch", ["size-mismatch", "val_0000.png"], dataset_edit="size"),
     Case(
-        "crop not divisible by the encoder's multiple",
-        ["train_transforms produce 48x48", "divisible by 32", "pad_if_needed"],
-        config=experiment_file(
-            model="model: {arch: UnetPlusPlus, encoder_name: resnet18, encoder_weights: null, classes: 4}\n",
-            experiment="{train_transforms: [{name: random_crop, params: {height: 48, width: 48}}]}",
-        ),
+        "transforms that give a batch images of several sizes",  # any one size works: batches are padded
+        ["train_transforms produce images of different sizes", "add a resize or crop"],
+        config=experiment_file("{train_transforms: [{name: random_scale, params: {scale_limit: 0.5, p: 1.0}}]}"),
     ),
     Case("output directory not writable", ["not writable", "--output-dir"], args=["--output-dir", "afile/out"]),
     Case("malformed .env line", [".env:2", "KEY=VALUE"], env_file="WANDB_PROJECT=x\nthis line is wrong\n"),

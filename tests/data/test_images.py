@@ -15,6 +15,7 @@ from segcli.config.schema import Experiment
 from segcli.data.checks import check_dataset
 from segcli.data.io import decode_image, label_lookup, map_labels, read_image, read_mask
 from segcli.data.synthetic import make_sample
+from segcli.inference.export import export
 from segcli.training.run import RunOptions, train
 from tests.inference.support import read_png, run_main
 from tests.support import run_segcli
@@ -223,15 +224,42 @@ def test_a_dataset_of_gif_ppm_pgm_and_webp_files_is_checked_and_predicted(tmp_pa
 # --- training on them --------------------------------------------------------------------------
 
 
-def test_twelve_bit_grey_trains_with_its_bit_depth_stored(tmp_path):
+def test_twelve_bit_grey_trains_with_its_bit_depth_stored_and_checked(tmp_path, capsys):
+    """The checkpoint (and an export's sidecar) store the training data's dtype and scale; predict and evaluate of
+    images of another depth say so once, naming both."""
     root = write_dataset(tmp_path / "d", image=twelve_bit_grey, mask=lambda labels: labels.astype(np.uint8))
     result, run_dir = _train(root, tmp_path / "out", ["bg", "disc", "square", "triangle"],
                              model={"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None,
                                     "classes": 4, "in_channels": 1}, normalize="dataset")  # fmt: skip
-    normalization = torch.load(run_dir / "ckpt_best.pth", weights_only=True)["model"]["normalization"]
+    model = torch.load(run_dir / "ckpt_best.pth", weights_only=True)["model"]
+    normalization = model["normalization"]
     assert normalization["mode"] == "dataset" and normalization["max_pixel_value"] == 4095.0
     assert 0.05 < normalization["mean"][0] < 0.95 and normalization["std"][0] > 0.01
     assert result.best_metrics["val/mIoU"] > 0
+    assert model["image_dtype"] == "uint16" and model["image_scale"] == 4095.0
+
+    eight_bit = tmp_path / "eight"  # the same pixels saved as 8-bit, as a converter would
+    for kind in ("images", "labels"):
+        (eight_bit / "val" / kind).mkdir(parents=True)
+        for path in (root / "val" / kind).iterdir():
+            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(eight_bit / "val" / kind / path.name), (pixels // 16).astype(np.uint8) if kind == "images"
+                        else pixels)  # fmt: skip
+    message = "the model was trained on uint16 12-bit data (0..4095); these images are uint8"
+    same = run_main(capsys, "predict", run_dir, root / "val" / "images", "-o", tmp_path / "same")
+    assert same.returncode == 0 and "warning" not in same.stderr
+    other = run_main(capsys, "predict", run_dir, eight_bit / "val" / "images", "-o", tmp_path / "other")
+    assert other.returncode == 0 and other.stderr.count(message) == 1, other.stderr  # once for 3 images
+    evaluated = run_main(capsys, "evaluate", run_dir, "--dataset", eight_bit)
+    assert evaluated.returncode == 0 and evaluated.stderr.count(message) == 1, evaluated.stderr
+    full_range = tmp_path / "full" / "a.png"
+    full_range.parent.mkdir()
+    cv2.imwrite(str(full_range), np.full(SIZE, 65535, np.uint16))
+    exported = export(run_dir / "ckpt_best.pth", "torchscript", tmp_path / "model.pt", height=32, width=32)
+    sidecar = json.loads(exported.sidecar.read_text())
+    assert sidecar["image_dtype"] == "uint16" and sidecar["image_scale"] == 4095.0
+    beyond = run_main(capsys, "predict", exported.path, full_range.parent, "-o", tmp_path / "beyond")
+    assert beyond.returncode == 0 and "uint16 12-bit data (0..4095); these images hold 16-bit values" in beyond.stderr
 
 
 @pytest.mark.parametrize(("kind", "stored", "channels"), [("rgb-to-grey", 3, 1), ("4-bands-to-rgb", 4, 3),

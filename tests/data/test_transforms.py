@@ -16,7 +16,6 @@ from segcli.data.transforms import (
     build_pipeline,
     build_transform,
     lookup_transform,
-    normalize_image,
     preview_pipeline,
     resolve_normalization,
     snake_case,
@@ -114,7 +113,7 @@ def test_lookup_is_case_sensitive_for_aliases():
 def test_a_normalize_in_a_transform_list_is_refused_with_the_key_to_use(name):
     """One source of truth: a Normalize in one list would differ from the other list and from inference."""
     with pytest.raises(ConfigError, match=r"train_transforms\[1\]: normalisation .* experiment key `normalize:`"):
-        build_pipeline([spec("horizontal_flip"), spec(name, mean=0.5)], "train_transforms", IMAGENET)
+        build_pipeline([spec("horizontal_flip"), spec(name, mean=0.5)], "train_transforms", IMAGENET, fill_label=255)
 
 
 # --------------------------------------------------------------------------- building
@@ -132,7 +131,7 @@ def test_build_transform_passes_params():
 def test_unknown_name_error_names_the_list_index():
     specs = [spec("resize", height=8, width=8), spec("horizntal_flip")]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "train_transforms", IMAGENET)
+        build_pipeline(specs, "train_transforms", IMAGENET, fill_label=255)
     message = str(info.value)
     assert message.startswith("train_transforms[1].name: unknown transform 'horizntal_flip'")
     assert "'horizontal_flip'" in message
@@ -141,7 +140,7 @@ def test_unknown_name_error_names_the_list_index():
 def test_unknown_parameter_error_names_index_and_close_match():
     specs = [spec("horizontal_flip"), spec("resize", height=8, widht=8)]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "train_transforms", IMAGENET)
+        build_pipeline(specs, "train_transforms", IMAGENET, fill_label=255)
     message = str(info.value)
     assert message.startswith("train_transforms[1].params:")
     assert "no parameter 'widht'" in message
@@ -151,7 +150,7 @@ def test_unknown_parameter_error_names_index_and_close_match():
 def test_bad_parameter_value_error_names_index():
     specs = [spec("horizontal_flip", p=2)]
     with pytest.raises(ConfigError) as info:
-        build_pipeline(specs, "val_transforms", IMAGENET)
+        build_pipeline(specs, "val_transforms", IMAGENET, fill_label=255)
     message = str(info.value)
     assert message.startswith("val_transforms[0].params: invalid parameters for horizontal_flip")
     assert "\n" not in message  # one line, as every user error
@@ -160,7 +159,7 @@ def test_bad_parameter_value_error_names_index():
 
 def test_missing_required_parameter_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train_transforms\[0\]\.params: invalid parameters for resize"):
-        build_pipeline([spec("resize", height=8)], "train_transforms", IMAGENET)
+        build_pipeline([spec("resize", height=8)], "train_transforms", IMAGENET, fill_label=255)
 
 
 # --------------------------------------------------------------------------- normalisation + tensors
@@ -169,13 +168,17 @@ IMAGENET = {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENE
 
 
 def test_pipeline_is_unit_range_transforms_normalisation_tensors():
-    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET)
+    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET, fill_label=255)
     assert kinds(pipeline) == ["UnitRange", "HorizontalFlip", "Normalization", "ToTensorV2"]
-    assert kinds(build_pipeline([], "val_transforms", IMAGENET)) == ["UnitRange", "Normalization", "ToTensorV2"]
+    assert kinds(build_pipeline([], "val_transforms", IMAGENET, fill_label=255)) == [
+        "UnitRange",
+        "Normalization",
+        "ToTensorV2",
+    ]
 
 
 def test_preview_pipelines_keep_images_displayable():
-    pipeline = preview_pipeline([], "val_transforms", 255.0)
+    pipeline = preview_pipeline([], "val_transforms", 255.0, fill_label=255)
     assert kinds(pipeline) == ["UnitRange"]
     image, mask = pair()
     out = pipeline(image=image, mask=mask)
@@ -184,7 +187,7 @@ def test_preview_pipelines_keep_images_displayable():
 
 
 def test_pipeline_output_is_float_chw_tensor_and_mask_tensor():
-    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET)
+    pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET, fill_label=255)
     image, mask = pair(height=40, width=50)
     out = pipeline(image=image, mask=mask)
     assert isinstance(out["image"], torch.Tensor)
@@ -197,7 +200,7 @@ def test_pipeline_output_is_float_chw_tensor_and_mask_tensor():
 
 
 def test_imagenet_values():
-    pipeline = build_pipeline([], "val_transforms", IMAGENET)
+    pipeline = build_pipeline([], "val_transforms", IMAGENET, fill_label=255)
     image = np.zeros((4, 6, 3), dtype=np.uint8)
     image[..., 1] = 255
     out = pipeline(image=image, mask=np.zeros((4, 6), dtype=np.uint8))["image"]
@@ -211,7 +214,7 @@ def test_imagenet_values():
 
 
 def test_mask_not_normalized():
-    pipeline = build_pipeline([], "val_transforms", IMAGENET)
+    pipeline = build_pipeline([], "val_transforms", IMAGENET, fill_label=255)
     image, mask = pair(height=8, width=8)
     out = pipeline(image=image, mask=mask)
     assert torch.equal(out["mask"], torch.from_numpy(mask))
@@ -219,7 +222,7 @@ def test_mask_not_normalized():
 
 def test_resize_uses_height_then_width():
     # Albumentations Resize(height, width): an image 32 high and 64 wide is (C, 32, 64) after ToTensorV2.
-    pipeline = build_pipeline([spec("resize", height=32, width=64)], "train_transforms", IMAGENET)
+    pipeline = build_pipeline([spec("resize", height=32, width=64)], "train_transforms", IMAGENET, fill_label=255)
     image, mask = pair(height=50, width=40)
     out = pipeline(image=image, mask=mask)
     assert out["image"].shape == (3, 32, 64)
@@ -227,7 +230,7 @@ def test_resize_uses_height_then_width():
 
 
 def test_to_tensor_is_the_albumentations_one():
-    pipeline = build_pipeline([], "val_transforms", IMAGENET)
+    pipeline = build_pipeline([], "val_transforms", IMAGENET, fill_label=255)
     assert isinstance(pipeline.transforms[-1], ToTensorV2)
 
 
@@ -269,7 +272,9 @@ def test_per_image_modes_give_float32_and_the_right_statistics(mode):
     """`normalize: image` crashed with "expected scalar type Double" (albumentations returns float64 for uint8)."""
     image = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
     spec_ = resolve_normalization(mode, 3, PixelStats(255.0))
-    out = build_pipeline([], "val_transforms", spec_)(image=image, mask=np.zeros((9, 11), np.uint8))["image"]
+    out = build_pipeline([], "val_transforms", spec_, fill_label=255)(image=image, mask=np.zeros((9, 11), np.uint8))[
+        "image"
+    ]
     assert out.dtype == torch.float32
     if mode == "image":
         torch.testing.assert_close(out.mean((1, 2)), torch.zeros(3), atol=1e-5, rtol=0)
@@ -279,9 +284,10 @@ def test_per_image_modes_give_float32_and_the_right_statistics(mode):
 
 
 def test_sixteen_bit_images_scale_by_their_bit_depth():
-    """12-bit data in 16-bit files: (pixel / 4095 - mean) / std, the same in the pipeline and in inference."""
+    """12-bit data in 16-bit files: (pixel / 4095 - mean) / std (inference feeds images through this pipeline)."""
     image = np.array([[[0], [4095]]], np.uint16)
     spec_ = resolve_normalization(ExplicitNormalization(mean=[0.5], std=[0.5]), 1, PixelStats(4095.0))
-    out = build_pipeline([], "val_transforms", spec_)(image=image, mask=np.zeros((1, 2), np.uint8))["image"]
+    out = build_pipeline([], "val_transforms", spec_, fill_label=255)(image=image, mask=np.zeros((1, 2), np.uint8))[
+        "image"
+    ]
     torch.testing.assert_close(out, torch.tensor([[[-1.0, 1.0]]]))
-    np.testing.assert_allclose(normalize_image(image, spec_)[..., 0], [[-1.0, 1.0]])

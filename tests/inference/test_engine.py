@@ -10,13 +10,12 @@ import segmentation_models_pytorch as smp
 import torch
 
 from segcli.artifacts import ModelInfo
+from segcli.data.geometry import crop, pad_to_multiple
 from segcli.data.io import Pair
 from segcli.errors import CheckpointError
 from segcli.inference.engine import (
     InferenceOptions,
-    crop,
     model_scores,
-    pad_to_multiple,
     probabilities,
     same_size_batches,
     tile_starts,
@@ -196,7 +195,7 @@ def test_preprocessing_matches_the_training_pipeline():
     normalization = {"mode": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                      "max_pixel_value": 255.0}  # fmt: skip
     info = ModelInfo("unet", "resnet18", 3, 2, ["a", "b"], None, normalization, 1)
-    pipeline = build_pipeline([], "val_transforms", normalization)
+    pipeline = build_pipeline([], "val_transforms", normalization, fill_label=255)
     expected = pipeline(image=image, mask=np.zeros((13, 17), np.uint8))["image"]
     assert torch.equal(to_batch([image], info)[0], expected)
 

@@ -32,7 +32,9 @@ def _single_process_val_metrics(checkpoint, dataset_root) -> dict[str, float]:
     task = SegmentationTask(experiment.model_dump(mode="json"), names)
     task.model.load_state_dict(checkpoint.state_dict)
     task.eval()
-    pipeline = build_pipeline(experiment.val_transforms, "val_transforms", checkpoint.info.normalization)
+    pipeline = build_pipeline(
+        experiment.val_transforms, "val_transforms", checkpoint.info.normalization, fill_label=255
+    )
     dataset = SegmentationDataset(list_pairs(dataset_root, "val"), pipeline)
     matrix = ConfusionMatrix(4, experiment.ignore_index)
     with torch.no_grad():

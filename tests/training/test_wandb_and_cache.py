@@ -76,7 +76,7 @@ def test_ram_cache_serves_the_decoded_files(tiny_dataset):
     assert np.array_equal(cache.get(0)[0], read_image(pairs[0].image))
     assert cache.images[0].is_shared()
 
-    pipeline = build_pipeline([], "train_transforms", IMAGENET)
+    pipeline = build_pipeline([], "train_transforms", IMAGENET, fill_label=255)
     cached = SegmentationDataset(pairs, pipeline, cache=cache)[(0, 1)]
     decoded = SegmentationDataset(pairs, pipeline)[(0, 1)]
     assert all(torch.equal(a, b) for a, b in zip(cached, decoded, strict=True))

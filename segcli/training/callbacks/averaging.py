@@ -139,15 +139,7 @@ class SwaAverage(pl.Callback):
         model = self.averaged.module.to(task.device)
         loader = trainer.train_dataloader
         batches = itertools.islice(loader, self.bn_batches) if self.bn_batches else loader
-        channels_last = task.experiment.channels_last
-        update_bn(
-            (
-                (images.contiguous(memory_format=torch.channels_last) if channels_last else images)
-                for images, _ in batches
-            ),
-            model,
-            device=task.device,
-        )
+        update_bn((task.model_input(images)[0] for images, _ in batches), model, device=task.device)
         if trainer.world_size > 1:  # each process saw its shard: average the statistics
             for module in model.modules():
                 for buffer in (getattr(module, "running_mean", None), getattr(module, "running_var", None)):

@@ -34,7 +34,7 @@ class TrainSamples(pl.Callback):
         pairs = choose_pairs(plan.pairs["train"], SAMPLES_LOGGED, self.seed)
         samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup)
         self.trackers.log_samples(
-            "samples/train", samples, plan.class_names, plan.experiment.ignore_index, trainer.global_step
+            "samples/train", samples, plan.class_names, plan.task.never_scored, trainer.global_step
         )
 
 
@@ -66,7 +66,8 @@ class PredictionLogger(pl.Callback):
     def _load(self, chosen: list[int]) -> dict[int, Sample]:
         """The chosen images after the val transforms (epoch 0's draw), shown without the normalisation."""
         plan, exp = self.plan, self.plan.experiment
-        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"])
+        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"],
+                                   fill_label=plan.task.never_scored)  # fmt: skip
         samples = {}
         for index in chosen:
             _, mask = self.dataset[(0, index)]
@@ -91,6 +92,4 @@ class PredictionLogger(pl.Callback):
         caption = f"epoch {trainer.current_epoch + 1}"
         samples = [Sample(shown.name, shown.image, shown.mask, self._predicted[index], caption)
                    for index, shown in self.samples.items() if index in self._predicted]  # fmt: skip
-        self.trackers.log_samples(
-            KEY, samples, self.plan.class_names, self.plan.experiment.ignore_index, trainer.global_step
-        )
+        self.trackers.log_samples(KEY, samples, self.plan.class_names, self.plan.task.never_scored, trainer.global_step)
