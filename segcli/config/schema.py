@@ -58,6 +58,11 @@ class EarlyStoppingConfig(StrictModel):
         return self
 
 
+def monitor_from_shorthand(value: Any) -> Any:
+    """`monitor: val/loss` -> {metric: val/loss}."""
+    return {"metric": value} if isinstance(value, str) else value
+
+
 class MonitorConfig(StrictModel):
     """The metric that decides which epoch is stored as ckpt_best.pth."""
 
@@ -67,7 +72,7 @@ class MonitorConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        return {"metric": value} if isinstance(value, str) else value
+        return monitor_from_shorthand(value)
 
     @model_validator(mode="after")
     def _infer_mode(self) -> MonitorConfig:
@@ -82,6 +87,15 @@ class LossTerm(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def loss_from_shorthand(value: Any) -> Any:
+    """`loss: dice` and `loss: [dice, {name: focal}]` -> {terms: [{name: dice}, ...]}."""
+    if isinstance(value, str):
+        return {"terms": [{"name": value}]}
+    if isinstance(value, list):
+        return {"terms": [{"name": t} if isinstance(t, str) else t for t in value]}
+    return value
+
+
 class LossConfig(StrictModel):
     """A weighted sum of smp losses. `loss: dice` and `loss: [dice, cross_entropy]` are shorthands."""
 
@@ -91,11 +105,7 @@ class LossConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"terms": [{"name": value}]}
-        if isinstance(value, list):
-            return {"terms": [{"name": t} if isinstance(t, str) else t for t in value]}
-        return value
+        return loss_from_shorthand(value)
 
 
 def _default_loss() -> LossConfig:
@@ -140,6 +150,11 @@ class EmaConfig(StrictModel):
     random weights fade quickly."""
 
 
+def predictions_from_shorthand(value: Any) -> Any:
+    """`log_predictions: 4` -> {count: 4}."""
+    return {"count": value} if isinstance(value, int) else value
+
+
 class PredictionLogging(StrictModel):
     """A fixed, seeded set of validation images predicted after every `every` validations (W&B), and the
     `worst` validation images at the best checkpoint when the run ends (W&B table, worst_predictions.png)."""
@@ -151,7 +166,7 @@ class PredictionLogging(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_count(cls, value: Any) -> Any:
-        return {"count": value} if isinstance(value, int) else value
+        return predictions_from_shorthand(value)
 
 
 class Experiment(StrictModel):
@@ -235,6 +250,11 @@ class Experiment(StrictModel):
         if self.average is None:
             return None
         return self.average.start_epoch or max(1, round(0.75 * self.max_epochs))
+
+
+SHORTHANDS = {"loss": loss_from_shorthand, "monitor": monitor_from_shorthand,
+              "log_predictions": predictions_from_shorthand}  # fmt: skip
+"""Top-level keys whose value may be written short; `--set` expands one before setting a key in it."""
 
 
 class ExperimentFile(StrictModel):
