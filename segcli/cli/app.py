@@ -21,6 +21,7 @@ from segcli.cli import (
     report,
     schema,
     train,
+    tune,
     validate_dataset,
 )
 from segcli.cli.common import full_collections_deferred
@@ -61,6 +62,7 @@ app = typer.Typer(
 )
 COMMANDS = {
     "train": train.train,
+    "tune": tune.tune,
     "validate-dataset": validate_dataset.validate_dataset,
     "preview-samples": preview_samples.preview_samples,
     "list-experiments": list_experiments.list_experiments,

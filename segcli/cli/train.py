@@ -17,6 +17,7 @@ from segcli.cli.common import (
     ExperimentsOpt,
     OfflineOpt,
     duration,
+    epoch_line,
     fmt,
     start_up_done,
     stdout_console,
@@ -138,14 +139,7 @@ def train(
 
 def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
     """One plain line per epoch when stderr is not a terminal (nohup, a cluster's log file)."""
-    epoch, seconds = int(row["epoch"]), row["seconds"]
-    remaining = duration(seconds * (max_epochs - epoch))
-    line = (
-        f"epoch {epoch}/{max_epochs}: train loss {fmt(row.get('train/loss'))}, val loss {fmt(row.get('val/loss'))}, "
-        f"val mIoU {fmt(row.get('val/mIoU'))}, val mDCC {fmt(row.get('val/mDCC'))}, {duration(seconds)}, "
-        f"ETA {remaining}"
-    )
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(epoch_line(row, max_epochs) + "\n")
     sys.stderr.flush()
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from segcli.config.distribution import SearchDistribution
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored."""
@@ -254,7 +256,7 @@ class Experiment(StrictModel):
 
 SHORTHANDS = {"loss": loss_from_shorthand, "monitor": monitor_from_shorthand,
               "log_predictions": predictions_from_shorthand}  # fmt: skip
-"""Top-level keys whose value may be written short; `--set` expands one before setting a key in it."""
+"""Top-level keys whose value may be written short; `--set` and `search:` expand one before setting a key in it."""
 
 
 class ExperimentFile(StrictModel):
@@ -263,6 +265,8 @@ class ExperimentFile(StrictModel):
     model: dict[str, Any]
     defaults: dict[str, Any] = Field(default_factory=dict)
     experiments: dict[str, dict[str, Any] | None] = Field(min_length=1)
+    search: dict[str, SearchDistribution] = Field(default_factory=dict)
+    """Key paths (as `--set` writes them) -> the values `segcli tune` samples for them."""
 
 
 def _optional(schema: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +295,9 @@ def experiment_file_json_schema() -> dict[str, Any]:
         "monitor": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/MonitorConfig"}]},
     }
     definitions["ExperimentKeys"] = partial
+    search = SearchDistribution.model_json_schema(ref_template="#/$defs/{model}")
+    definitions.update(search.pop("$defs", {}))
+    definitions["SearchDistribution"] = search
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "segcli experiment file",
@@ -305,6 +312,7 @@ def experiment_file_json_schema() -> dict[str, Any]:
                 "minProperties": 1,
                 "additionalProperties": {"anyOf": [{"$ref": "#/$defs/ExperimentKeys"}, {"type": "null"}]},
             },
+            "search": {"type": "object", "additionalProperties": {"$ref": "#/$defs/SearchDistribution"}},
         },
         "$defs": definitions,
     }
