@@ -227,7 +227,9 @@ def print_summary(record, rows, tune_dir) -> None:
     table = Table(title=f"study {record.study}: {record.metric} ({record.direction}), pruner {record.pruner}"
                   + (f", the best 10 of {len(rows)} trials" if shown is not rows else ""))  # fmt: skip
     for column in ("trial", "state", *record.search, record.metric_column, "best epoch", "epochs", "time", "note"):
-        table.add_column(column, justify="right" if column not in ("state", "note") else "left")
+        # a narrow terminal wraps values rather than cutting them short
+        table.add_column(column, justify="right" if column not in ("state", "note") else "left", overflow="fold",
+                         min_width=len("complete") if column == "state" else None)  # fmt: skip
     for row in shown:
         mark = " *" if best is not None and row.number == best.number else ""
         params = [_value(row.params[key]) if key in row.params else "-" for key in record.search]
