@@ -47,7 +47,7 @@ def tune(
         typer.Option(
             metavar="URL",
             help="The study's database (any SQLAlchemy URL Optuna accepts, e.g. "
-            "postgresql://user:pass@host/db). Default: SQLite in the tune folder.",
+            "postgresql+psycopg2://user:pass@host/db). Default: SQLite in the tune folder.",
         ),
     ] = None,  # fmt: skip
     study: Annotated[

@@ -106,7 +106,8 @@ def open_study(spec, record: TuneRecord) -> optuna.Study:
             )  # fmt: skip
     except ImportError as exc:
         raise ConfigError(f"--storage {record.storage}: {exc.__cause__ or exc}; install the database's Python driver "
-                          "(PostgreSQL: psycopg2-binary, MySQL: PyMySQL)") from None  # fmt: skip
+                          "and name it in the URL (postgresql+psycopg2:// with psycopg2-binary, mysql+pymysql:// "
+                          "with PyMySQL)") from None  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL, connection and permission errors
         if not type(exc).__module__.startswith("sqlalchemy"):
             raise

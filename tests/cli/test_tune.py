@@ -124,12 +124,19 @@ def test_a_tune_killed_mid_trial_continues_and_ends_with_exactly_n_trials(tiny_d
 @pytest.mark.slow
 def test_two_processes_on_one_sqlite_study_run_disjoint_trials(tiny_dataset, in_tmp_cwd):
     (in_tmp_cwd / "tune.yaml").write_text(EXPERIMENTS)
-    processes = [start(in_tmp_cwd, tune_command(tiny_dataset, "one-epoch", "--trials", 4)) for _ in range(2)]
-    outputs = [process.communicate(timeout=1200) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    argv = tune_command(tiny_dataset, "two-epochs", "--trials", 4)
+    first = start(in_tmp_cwd, argv)
+    seen = ""
+    for line in first.stderr:  # the first process is in its first trial: the second one joins the study
+        seen += line
+        if line.startswith("trial 0 ("):
+            break
+    second = start(in_tmp_cwd, argv)
+    outputs = [(out, seen + err) for out, err in [first.communicate(timeout=1800)]] + [second.communicate(timeout=1800)]
+    assert [first.returncode, second.returncode] == [0, 0], [err[-2000:] for _, err in outputs]
     ran = [started_trials(err) for _, err in outputs]
-    assert ran[0] and ran[1] and not ran[0] & ran[1], ran
-    rows = results(in_tmp_cwd, "tune-one-epoch")
+    assert ran[0] and ran[1] and not ran[0] & ran[1], (ran, [err[-2000:] for _, err in outputs])
+    rows = results(in_tmp_cwd, "tune-two-epochs")
     done = {int(row["trial"]) for row in rows if row["state"] in ("complete", "pruned")}
     assert len(done) == 4 and done == (ran[0] | ran[1]) - {int(r["trial"]) for r in rows if r["state"] == "skipped"}
     assert len({row["lr"] for row in rows if int(row["trial"]) in done}) == 4  # the same seed, never the same point
@@ -147,6 +154,23 @@ def test_workers_split_the_trials_of_one_study(tiny_dataset, in_tmp_cwd):
     rows = results(in_tmp_cwd, "tune-one-epoch")
     assert sum(row["state"] in ("complete", "pruned") for row in rows) == 3
     assert "study tune-one-epoch" in result.stdout and "3 complete" in result.stdout
+
+
+POSTGRES = os.environ.get("SEGCLI_TEST_POSTGRES")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSTGRES, reason="SEGCLI_TEST_POSTGRES names no PostgreSQL database (README: Tuning)")
+def test_a_study_in_a_postgresql_database(tiny_dataset, in_tmp_cwd):
+    """SEGCLI_TEST_POSTGRES=postgresql+psycopg2://segcli:secret@localhost/studies, set up as README's Tuning says."""
+    (in_tmp_cwd / "tune.yaml").write_text(EXPERIMENTS)
+    study = f"pg-{os.getpid()}-{in_tmp_cwd.name}"
+    argv = tune_command(tiny_dataset, "one-epoch", "--trials", 1, "--storage", POSTGRES, "--study", study)
+    result = subprocess.run([sys.executable, "-m", "segcli", *argv], cwd=in_tmp_cwd, capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["state"] for row in results(in_tmp_cwd, study)] == ["complete"]
+    assert not (in_tmp_cwd / "out" / "tune" / study / "study.db").exists()
 
 
 # --- a study's results ---------------------------------------------------------------------------------------
