@@ -85,8 +85,8 @@ def _wandb_rows(data: bytes) -> list[dict]:
                           json.loads(item.value_json) for item in record.history.item})  # fmt: skip
 
 
-def _wandb_records(data: bytes, kind: str, read) -> list:
-    """`read(record)` of each protobuf `Record` of the log that has the field `kind`."""
+def _wandb_records(data: bytes, field: str, read) -> list:
+    """`read(record)` of each protobuf `Record` of the log that has the field `field`."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -106,7 +106,7 @@ def _wandb_records(data: bytes, kind: str, read) -> list:
         if kind in (1, 4) and pending:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
-            if record.HasField(kind):
+            if record.HasField(field):
                 rows.append(read(record))
             pending = b""
     return rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -24,6 +25,7 @@ import optuna
 from filelock import FileLock, Timeout
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from segcli.artifacts import TuneDir
 from segcli.errors import ConfigError
@@ -34,6 +36,8 @@ HEARTBEAT_SECONDS = 60
 """A running trial records a heartbeat in the storage this often (Optuna's heartbeat)."""
 HEARTBEAT_GRACE = 180
 """A RUNNING trial of another machine silent for this long is failed and retried."""
+OPEN_ATTEMPTS = 4
+"""Opening the storage is tried this often when processes started together race to create its tables."""
 MAX_ATTEMPTS = 3
 """A trial killed again and again (out of memory every time) is run at most this often."""
 
@@ -93,25 +97,23 @@ def open_study(spec, record: TuneRecord) -> optuna.Study:
     engine = {"connect_args": {"timeout": 60}} if spec.storage.startswith("sqlite") else {}
     if spec.storage.startswith("sqlite") and spec.options.storage is None:
         spec.folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat
-            storage = optuna.storages.RDBStorage(
-                spec.storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=HEARTBEAT_GRACE,
-                heartbeat_stale_trial_callback=retry_trial,
-            )  # fmt: skip
-            study = optuna.create_study(
-                study_name=spec.study_name, storage=storage, sampler=TrialSeededTpe(spec.seed),
-                pruner=make_pruner(spec.options.pruner, spec.max_epochs), direction=spec.direction, load_if_exists=True,
-            )  # fmt: skip
-    except ImportError as exc:
-        raise ConfigError(f"--storage {record.storage}: {exc.__cause__ or exc}; install the database's Python driver "
-                          "and name it in the URL (postgresql+psycopg2:// with psycopg2-binary, mysql+pymysql:// "
-                          "with PyMySQL)") from None  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL, connection and permission errors
-        if not type(exc).__module__.startswith("sqlalchemy"):
-            raise
-        raise ConfigError(f"--storage {record.storage}: cannot open the study ({str(exc).splitlines()[0]})") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            study = _create_or_load(spec, engine)
+            break
+        except ImportError as exc:
+            raise ConfigError(f"--storage {record.storage}: {exc.__cause__ or exc}; install the database's Python "
+                              "driver and name it in the URL (postgresql+psycopg2:// with psycopg2-binary, "
+                              "mysql+pymysql:// with PyMySQL)") from None  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL, connection and permission errors
+            if not type(exc).__module__.startswith("sqlalchemy"):
+                raise
+            # Processes started together race to create the tables (SQLite: "table ... already exists",
+            # "database is locked"): the next attempt finds them made.
+            if not isinstance(exc, (OperationalError, IntegrityError)) or attempt == OPEN_ATTEMPTS - 1:
+                raise ConfigError(f"--storage {record.storage}: cannot open the study "
+                                  f"({str(exc).splitlines()[0]})") from None  # fmt: skip
+            time.sleep(1 + attempt)
     stored = study.user_attrs.get("segcli")
     if stored is None and not study.trials:
         study.set_user_attr("segcli", record.identity())
@@ -122,6 +124,19 @@ def open_study(spec, record: TuneRecord) -> optuna.Study:
             "with --study NAME"
         )
     return study
+
+
+def _create_or_load(spec, engine: dict[str, Any]) -> optuna.Study:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat
+        storage = optuna.storages.RDBStorage(
+            spec.storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=HEARTBEAT_GRACE,
+            heartbeat_stale_trial_callback=retry_trial,
+        )  # fmt: skip
+        return optuna.create_study(
+            study_name=spec.study_name, storage=storage, sampler=TrialSeededTpe(spec.seed),
+            pruner=make_pruner(spec.options.pruner, spec.max_epochs), direction=spec.direction, load_if_exists=True,
+        )  # fmt: skip
 
 
 def _difference(stored: Any, now: dict[str, Any]) -> str:
