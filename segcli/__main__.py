@@ -1,3 +1,4 @@
 from segcli.cli.app import main
 
-main()
+if __name__ == "__main__":  # not when `segcli tune --workers N` starts its workers (multiprocessing's spawn)
+    main()

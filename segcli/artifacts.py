@@ -29,6 +29,7 @@ STATE_DICT_FORMAT = "segcli-state-dict"
 EXPORT_FORMATS = ("onnx", "torchscript", "state-dict", "smp")
 SMP_SIDECAR = "segcli.json"  # inside an smp `save_pretrained` folder
 KFOLD_RECORD = "kfold.json"  # marks a k-fold folder: its split, its fold runs and their summary
+TUNE_RECORD = "tune.json"  # marks a tune folder: the study's settings, its search block, the importances
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
@@ -118,6 +119,53 @@ def kfold_runs(folder: Path) -> list[RunDir] | None:
         return [RunDir(folder / name) for name in json.loads(record.read_text())["runs"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{record}: unreadable k-fold record ({exc!r})") from None
+
+
+@dataclass(frozen=True)
+class TuneDir:
+    """Every file name of `<output-dir>/tune/<study>/`: the study, its results and one run folder per trial."""
+
+    path: Path
+
+    @property
+    def study_db(self) -> Path:
+        """The default storage (SQLite)."""
+        return self.path / "study.db"
+
+    @property
+    def record(self) -> Path:
+        """tune.json: the study's settings and search block, what `segcli report` needs besides the CSV."""
+        return self.path / TUNE_RECORD
+
+    @property
+    def results_csv(self) -> Path:
+        return self.path / "tune_results.csv"
+
+    @property
+    def best_yaml(self) -> Path:
+        return self.path / "best.yaml"
+
+    @property
+    def history_png(self) -> Path:
+        return self.path / "optimization_history.png"
+
+    @property
+    def importances_png(self) -> Path:
+        return self.path / "param_importances.png"
+
+    @property
+    def slices_png(self) -> Path:
+        return self.path / "param_slices.png"
+
+    def pictures(self) -> list[Path]:
+        return [self.history_png, self.importances_png, self.slices_png]
+
+    def trial(self, run_name: str) -> RunDir:
+        return RunDir(self.path / run_name)
+
+    def lock(self, number: int) -> Path:
+        """Held by the process running trial `number` while it runs: whoever can take it knows that process died."""
+        return self.path / f".trial{number:03d}.lock"
 
 
 # --- the model description shared by checkpoints and exports ------------------------------------

@@ -72,8 +72,21 @@ def wandb_history(output: Path) -> list[dict]:
     return [row for path in runs for row in _wandb_rows(path.read_bytes())]
 
 
+def wandb_run_groups(output: Path) -> list[str]:
+    """The group of each offline W&B run under `output/wandb`, read from its run record."""
+    return [group for path in sorted((output / "wandb").glob("offline-run-*/run-*.wandb"))
+            for group in _wandb_records(path.read_bytes(), "run", lambda record: record.run.run_group)]  # fmt: skip
+
+
 def _wandb_rows(data: bytes) -> list[dict]:
     import json
+
+    return _wandb_records(data, "history", lambda record: {item.key or "/".join(item.nested_key):
+                          json.loads(item.value_json) for item in record.history.item})  # fmt: skip
+
+
+def _wandb_records(data: bytes, field: str, read) -> list:
+    """`read(record)` of each protobuf `Record` of the log that has the field `field`."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -93,9 +106,8 @@ def _wandb_rows(data: bytes) -> list[dict]:
         if kind in (1, 4) and pending:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
-            if record.HasField("history"):
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})  # fmt: skip
+            if record.HasField(field):
+                rows.append(read(record))
             pending = b""
     return rows
 

@@ -20,6 +20,7 @@ from segcli.cli import (
     report,
     schema,
     train,
+    tune,
     validate_dataset,
 )
 from segcli.config.env import apply_offline_switches
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 COMMANDS = {
     "train": train.train,
+    "tune": tune.tune,
     "validate-dataset": validate_dataset.validate_dataset,
     "preview-samples": preview_samples.preview_samples,
     "list-experiments": list_experiments.list_experiments,

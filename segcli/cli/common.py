@@ -56,6 +56,17 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def epoch_line(row: dict[str, float], max_epochs: int) -> str:
+    """One epoch as a plain line (a log file, a pipe): scores, the epoch's time and what remains."""
+    epoch, seconds = int(row["epoch"]), row["seconds"]
+    remaining = duration(seconds * (max_epochs - epoch))
+    return (
+        f"epoch {epoch}/{max_epochs}: train loss {fmt(row.get('train/loss'))}, val loss {fmt(row.get('val/loss'))}, "
+        f"val mIoU {fmt(row.get('val/mIoU'))}, val mDCC {fmt(row.get('val/mDCC'))}, {duration(seconds)}, "
+        f"ETA {remaining}"
+    )
+
+
 class ProgressReport:
     """A progress bar on a terminal; elsewhere (nohup, a cluster's log file) a plain line every ~10%.
 

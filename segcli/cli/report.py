@@ -16,19 +16,29 @@ def report(
         typer.Argument(
             metavar="RUN_DIR...",
             help="Run folders (with metrics.csv), or a k-fold folder (its fold runs); several are compared side by "
-            "side.",
+            "side. A tune folder (with tune.json) shows its study.",
         ),
-    ],
+    ],  # fmt: skip
     redraw: Annotated[
-        bool, typer.Option("--redraw/--no-redraw", help="Rewrite results.png, per_class.png, confusion_matrix.png.")
-    ] = True,
+        bool,
+        typer.Option(
+            "--redraw/--no-redraw",
+            help="Rewrite results.png, per_class.png, confusion_matrix.png (a tune folder's pictures).",
+        ),
+    ] = True,  # fmt: skip
 ) -> None:
     """Summarise finished (or running) runs: best epoch, scores, per-class IoU; redraw their charts."""
     from rich.table import Table
 
-    from segcli.artifacts import RunDir
+    from segcli.artifacts import RunDir, TuneDir
     from segcli.training.report import fold_reports, mean_and_std, read_report, write_report
 
+    studies = [folder for folder in runs if TuneDir(folder).record.is_file()]
+    for folder in studies:
+        _report_study(TuneDir(folder), redraw)
+    runs = [folder for folder in runs if folder not in studies]
+    if not runs:
+        return
     console = stdout_console()
     folders = []
     for folder in runs:
@@ -79,3 +89,16 @@ def report(
     if redraw:
         for folder in folders:
             console.print(f"redrew {folder}/results.png, per_class.png and confusion_matrix.png")
+
+
+def _report_study(tune_dir, redraw: bool) -> None:
+    """A tune folder: the summary `segcli tune` ends with, from tune.json and tune_results.csv alone."""
+    from segcli.cli.tune import print_summary
+    from segcli.training.tune_results import draw_pictures, read_results
+
+    record, rows = read_results(tune_dir.path)
+    if redraw:
+        drawn = draw_pictures(tune_dir, record, rows)
+    print_summary(record, rows, tune_dir)
+    if redraw:
+        stdout_console().print(f"redrew {', '.join(str(path) for path in drawn)}")

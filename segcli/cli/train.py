@@ -18,6 +18,7 @@ from segcli.cli.common import (
     OfflineOpt,
     TrackerOpt,
     duration,
+    epoch_line,
     fmt,
     stdout_console,
 )
@@ -158,14 +159,7 @@ class _DatasetWarnings:
 
 def _print_epoch(row: dict[str, float], max_epochs: int) -> None:
     """One plain line per epoch when stderr is not a terminal (nohup, a cluster's log file)."""
-    epoch, seconds = int(row["epoch"]), row["seconds"]
-    remaining = duration(seconds * (max_epochs - epoch))
-    line = (
-        f"epoch {epoch}/{max_epochs}: train loss {fmt(row.get('train/loss'))}, val loss {fmt(row.get('val/loss'))}, "
-        f"val mIoU {fmt(row.get('val/mIoU'))}, val mDCC {fmt(row.get('val/mDCC'))}, {duration(seconds)}, "
-        f"ETA {remaining}"
-    )
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(epoch_line(row, max_epochs) + "\n")
     sys.stderr.flush()
 
 

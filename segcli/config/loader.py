@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from segcli.config.schema import Experiment, ExperimentFile
+from segcli.config.schema import SHORTHANDS, Experiment, ExperimentFile
 from segcli.errors import ConfigError, did_you_mean
 
 
@@ -83,22 +83,67 @@ def merged_experiment(file: ExperimentFile, name: str, path: Path) -> dict[str, 
     return deep_merge(base, file.experiments[name] or {})
 
 
+COMMAND_LINE = "command-line option "
+
+
 def resolve_experiment(
-    file: ExperimentFile, name: str, path: Path, overrides: dict[str, Any] | None = None
+    file: ExperimentFile, name: str, path: Path, overrides: dict[str, Any] | None = None, origin: str = COMMAND_LINE
 ) -> Experiment:
-    """Merge and validate one experiment; `overrides` ({'a.b': value}) come from the command line."""
+    """Merge and validate one experiment; `overrides` ({'a.b': value}) come from the command line (`--set`) or
+    from `segcli tune`'s search block (`origin` "search."), named so in error messages."""
+    resolved = experiment_or_problems(file, name, path, overrides, origin)
+    if isinstance(resolved, list):
+        raise ConfigError(problems_message(path, resolved))
+    return resolved
+
+
+def experiment_or_problems(
+    file: ExperimentFile, name: str, path: Path, overrides: dict[str, Any] | None = None, origin: str = COMMAND_LINE
+) -> Experiment | list[str]:
+    """The validated experiment, or one `file: where: what (and the fix)` line per problem."""
     merged = merged_experiment(file, name, path)
     for dotted, value in (overrides or {}).items():
-        target = merged
-        *parents, last = dotted.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = value
+        try:
+            set_key(merged, dotted, value)
+        except KeyError as exc:
+            return [f"{path}: {origin}{dotted}: {exc.args[0]}"]
     try:
         return Experiment.model_validate(merged)
     except ValidationError as exc:
-        origin = _origin_locator(file, name, overrides or {})
-        raise ConfigError(_format_errors(path, exc, Experiment, origin)) from None
+        return problem_lines(path, exc, Experiment, _origin_locator(file, name, overrides or {}, origin))
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in merged experiment data, as `--set` does: missing mappings are created, a number steps
+    into a list (0-based: `loss.terms.1.weight`), and a top-level block written short (`loss: [ce, dice]`,
+    `monitor: val/loss`) is expanded before a key inside it is set. KeyError(message) when the path cannot
+    be followed."""
+    *parents, last = dotted.split(".")
+    block = parents[0] if parents else None
+    if block in SHORTHANDS and data.get(block) is not None:
+        data[block] = SHORTHANDS[block](data[block])
+    elif block in Experiment.model_fields and data.get(block) is None and any(p.isdigit() for p in dotted.split(".")):
+        default = Experiment.model_fields[block].get_default(call_default_factory=True)  # into the default's list
+        data[block] = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+    target: Any = data
+    for depth, part in enumerate([*parents, last]):
+        walked = ".".join(parents[:depth])
+        if isinstance(target, list):
+            if not target:
+                raise KeyError(f"{walked} is an empty list: there is no item to set")
+            if not part.isdigit() or int(part) >= len(target):
+                raise KeyError(f"{walked} is a list of {len(target)}: use an index from 0 to {len(target) - 1}")
+            key: Any = int(part)
+        elif isinstance(target, dict):
+            key = part
+        else:
+            raise KeyError(f"{walked} is {target!r}, not a block of keys")
+        if depth == len(parents):
+            target[key] = value
+            return
+        if isinstance(target, dict) and target.get(key) is None:
+            target[key] = {}
+        target = target[key]
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
@@ -152,7 +197,7 @@ def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
     return True
 
 
-def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
+def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any], origin: str = COMMAND_LINE):
     """Name the block a bad value came from, so the user edits the right place."""
     override = file.experiments[name] or {}
 
@@ -160,8 +205,8 @@ def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
         dotted = ".".join(map(str, loc))
         if not loc:
             return f"experiments.{name}"
-        if dotted in overrides:
-            return f"command-line option {dotted}"
+        if dotted in overrides or any(key.startswith(dotted + ".") for key in overrides):
+            return f"{origin}{dotted}"
         if _has_path(override, loc):
             return f"experiments.{name}.{dotted}"
         if _has_path(file.defaults, loc):
@@ -174,9 +219,20 @@ def _origin_locator(file: ExperimentFile, name: str, overrides: dict[str, Any]):
 
 
 def _format_errors(path: Path, exc: ValidationError, schema: type[BaseModel], locate) -> str:
-    errors = exc.errors()
-    lines = [f"{path}: {len(errors)} problem{'s' if len(errors) > 1 else ''} in the experiment file"]
-    for error in errors:
+    return problems_message(path, problem_lines(path, exc, schema, locate))
+
+
+def problems_message(path: Path, lines: list[str], where: str = "the experiment file") -> str:
+    """One problem is one line; several are counted first, then listed one per line."""
+    if len(lines) == 1:
+        return lines[0]
+    return "\n".join([f"{path}: {len(lines)} problems in {where}", *(f"  {line}" for line in lines)])
+
+
+def problem_lines(path: Path, exc: ValidationError, schema: type[BaseModel], locate) -> list[str]:
+    """One `file: where: what (and the fix)` line per problem of a validation error."""
+    lines = []
+    for error in exc.errors():
         loc = tuple(part for part in error["loc"] if not _is_validator_tag(part))
         if error["type"] == "extra_forbidden":
             valid = _valid_keys(schema, loc[:-1])
@@ -185,8 +241,8 @@ def _format_errors(path: Path, exc: ValidationError, schema: type[BaseModel], lo
             message = "required key is missing"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {locate(loc)}: {message}")
-    return "\n".join(lines)
+        lines.append(f"{path}: {locate(loc)}: {message}")
+    return lines
 
 
 def _is_validator_tag(part: Any) -> bool:
@@ -195,18 +251,30 @@ def _is_validator_tag(part: Any) -> bool:
 
 
 def _valid_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model found by following `loc` from `schema`."""
+    """Keys (as written: aliases) of the sub-model found by following `loc` from `schema`."""
     model: Any = schema
+    mapping = False  # the previous field maps free keys (search: {key path: ...}) to sub-models
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or mapping:
+            mapping = False
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = _fields(model).get(part)
         if field is None:
             return []
+        mapping = _is_mapping(field.annotation)
         model = _model_in(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+    return list(_fields(model))
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return {}
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
+def _is_mapping(annotation: Any) -> bool:
+    """`dict[...]` or `dict[...] | None`."""
+    return any(get_origin(option) is dict for option in (annotation, *get_args(annotation)))
 
 
 def _model_in(annotation: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Run names: `<config-file-stem>-<experiment>[-set<hash>]`, and the names of k-fold runs."""
+"""Run names: `<config-file-stem>-<experiment>[-set<hash>]`, and the names of k-fold and tune trial runs."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def fold_run_name(run: str, fold: int) -> str:
 
 def kfold_folder_name(run: str) -> str:
     return f"{run}-kfold"
+
+
+def trial_run_name(study: str, number: int) -> str:
+    """Optuna's trial number, as the study database, Optuna's own tools and tune_results.csv show it."""
+    return f"{study}-trial{number:03d}"

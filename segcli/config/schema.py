@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from segcli.config.distribution import SearchDistribution
 from segcli.errors import did_you_mean
 
 MAX_LABEL = 65535
@@ -63,6 +64,11 @@ class EarlyStoppingConfig(StrictModel):
         return self
 
 
+def monitor_from_shorthand(value: Any) -> Any:
+    """`monitor: val/loss` -> {metric: val/loss}."""
+    return {"metric": value} if isinstance(value, str) else value
+
+
 class MonitorConfig(StrictModel):
     """The metric that decides which epoch is stored as ckpt_best.pth."""
 
@@ -72,7 +78,7 @@ class MonitorConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        return {"metric": value} if isinstance(value, str) else value
+        return monitor_from_shorthand(value)
 
     @model_validator(mode="after")
     def _infer_mode(self) -> MonitorConfig:
@@ -87,6 +93,15 @@ class LossTerm(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def loss_from_shorthand(value: Any) -> Any:
+    """`loss: dice` and `loss: [dice, {name: focal}]` -> {terms: [{name: dice}, ...]}."""
+    if isinstance(value, str):
+        return {"terms": [{"name": value}]}
+    if isinstance(value, list):
+        return {"terms": [{"name": t} if isinstance(t, str) else t for t in value]}
+    return value
+
+
 class LossConfig(StrictModel):
     """A weighted sum of smp losses. `loss: dice` and `loss: [dice, cross_entropy]` are shorthands."""
 
@@ -96,11 +111,7 @@ class LossConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"terms": [{"name": value}]}
-        if isinstance(value, list):
-            return {"terms": [{"name": t} if isinstance(t, str) else t for t in value]}
-        return value
+        return loss_from_shorthand(value)
 
 
 def _default_loss() -> LossConfig:
@@ -145,6 +156,11 @@ class EmaConfig(StrictModel):
     random weights fade quickly."""
 
 
+def predictions_from_shorthand(value: Any) -> Any:
+    """`log_predictions: 4` -> {count: 4}."""
+    return {"count": value} if isinstance(value, int) else value
+
+
 class PredictionLogging(StrictModel):
     """A fixed, seeded set of validation images predicted after every `every` validations (W&B), and the
     `worst` validation images at the best checkpoint when the run ends (W&B table, worst_predictions.png)."""
@@ -156,7 +172,7 @@ class PredictionLogging(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _from_count(cls, value: Any) -> Any:
-        return {"count": value} if isinstance(value, int) else value
+        return predictions_from_shorthand(value)
 
 
 TrackerName = Literal["wandb", "mlflow", "tensorboard", "none"]
@@ -276,12 +292,19 @@ class Experiment(StrictModel):
         return self.average.start_epoch or max(1, round(0.75 * self.max_epochs))
 
 
+SHORTHANDS = {"loss": loss_from_shorthand, "monitor": monitor_from_shorthand,
+              "log_predictions": predictions_from_shorthand}  # fmt: skip
+"""Top-level keys whose value may be written short; `--set` and `search:` expand one before setting a key in it."""
+
+
 class ExperimentFile(StrictModel):
     """The file as written: the blocks are merged and validated per experiment by the loader."""
 
     model: dict[str, Any]
     defaults: dict[str, Any] = Field(default_factory=dict)
     experiments: dict[str, dict[str, Any] | None] = Field(min_length=1)
+    search: dict[str, SearchDistribution] = Field(default_factory=dict)
+    """Key paths (as `--set` writes them) -> the values `segcli tune` samples for them."""
 
 
 def _optional(schema: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +333,9 @@ def experiment_file_json_schema() -> dict[str, Any]:
         "monitor": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/MonitorConfig"}]},
     }
     definitions["ExperimentKeys"] = partial
+    search = SearchDistribution.model_json_schema(ref_template="#/$defs/{model}")
+    definitions.update(search.pop("$defs", {}))
+    definitions["SearchDistribution"] = search
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "segcli experiment file",
@@ -324,6 +350,7 @@ def experiment_file_json_schema() -> dict[str, Any]:
                 "minProperties": 1,
                 "additionalProperties": {"anyOf": [{"$ref": "#/$defs/ExperimentKeys"}, {"type": "null"}]},
             },
+            "search": {"type": "object", "additionalProperties": {"$ref": "#/$defs/SearchDistribution"}},
         },
         "$defs": definitions,
     }

@@ -619,3 +619,45 @@ def test_a_label_map_beyond_16_bits_is_refused(tmp_path):
     path = write(tmp_path, MINIMAL_MODEL + "experiments:\n  e:\n    label_map: {255: 70000}\n")
     message = config_error(path)
     assert "experiments.e.label_map" in message and "70000 is not a label" in message and "0..65535" in message
+
+
+KEYS = """
+model: {arch: Unet, encoder_name: resnet18, encoder_weights: null, classes: 4}
+defaults: {batch_size: 4, max_epochs: 2}
+experiments:
+  e: {}
+"""
+
+
+# --------------------------------------------------------------------------- key paths (--set, tune's search block)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["", "    loss: [cross_entropy, dice]\n", "    loss: {terms: [{name: cross_entropy}, {name: dice, weight: 3}]}\n"],
+)
+def test_a_key_path_steps_into_the_loss_terms_whatever_form_they_are_written_in(tmp_path, loss):
+    """`loss.terms.1.weight` used to crash `--set` (a list has no keys) or to replace the default loss."""
+    path = write(tmp_path, KEYS.replace("experiments:\n  e: {}", "experiments:\n  e:\n" + (loss or "    {}\n")))
+    experiment = resolve_experiment(load_experiment_file(path), "e", path, {"loss.terms.1.weight": 0.25})
+    assert [(term.name, term.weight) for term in experiment.loss.terms] == [("cross_entropy", 1.0), ("dice", 0.25)]
+
+
+def test_a_key_inside_a_block_written_short_expands_it(tmp_path):
+    path = write(tmp_path, KEYS.replace("max_epochs: 2}", "max_epochs: 2, monitor: val/loss}"))
+    experiment = resolve_experiment(load_experiment_file(path), "e", path, {"monitor.mode": "max"})
+    assert (experiment.monitor.metric, experiment.monitor.mode) == ("val/loss", "max")
+
+
+def test_a_key_path_through_a_plain_value_is_an_error_not_a_crash(tmp_path):
+    """It used to end in a TypeError traceback."""
+    path = write(tmp_path, KEYS.replace("max_epochs: 2}", "max_epochs: 2, lr: 0.001}"))
+    message = config_error(path, overrides={"lr.x": 1})
+    assert message == f"{path}: command-line option lr.x: lr is 0.001, not a block of keys"
+
+
+def test_one_problem_is_one_line(tmp_path):
+    path = write(tmp_path, KEYS)
+    assert config_error(path, overrides={"max_epochs": 0}) == (
+        f"{path}: command-line option max_epochs: Input should be greater than 0"
+    )
