@@ -1,4 +1,4 @@
-"""Issue 17: does `segcli train` reach the quality of a plain PyTorch loop at equal settings?
+"""Does `segcli train` reach the quality of a plain PyTorch loop at equal settings?
 
 1. Makes a 256x192 (W x H) copy of CamVid outside the repo (images BILINEAR, labels NEAREST),
    reused when already complete.

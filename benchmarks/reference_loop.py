@@ -2,7 +2,7 @@
 """A plain PyTorch + segmentation_models_pytorch training loop: the yardstick for `segcli train`.
 
 No Lightning and no segcli import, so it shares none of segcli's code paths. Defaults are the
-settings of issue 17 (CamVid at 256x192, Unet/resnet18 from scratch, CE + Dice with void = 11,
+settings of compare_quality.py (CamVid at 256x192, Unet/resnet18 from scratch, CE + Dice with void = 11,
 AdamW 2e-3 / wd 1e-4, CosineAnnealingLR stepped once per epoch, horizontal flip p=0.5, batch 8,
 drop_last, 12 epochs, fp32, CPU).
 
