@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.onnx import _constants as onnx_constants
 
 from segcli.artifacts import (
     EXPORT_FORMATS,
@@ -52,6 +51,10 @@ from segcli.inference.loading import (
 from segcli.models.metrics import predictions
 
 DEFAULT_OPSET = 17
+ONNX_OPSETS = range(7, 21)
+"""The opsets torch's TorchScript-based ONNX exporter (`dynamo=False`) writes: 7 to 20. torch.onnx has no
+public constant for them (only the private `torch.onnx._constants`); above 20 it only warns, then writes a
+model it does not support."""
 DEFAULT_TOLERANCE = 1e-4
 """Largest accepted max |export - PyTorch| / max |PyTorch logit| (float32 kernels differ around 1e-6)."""
 DEFAULT_MIN_AGREEMENT = 0.999
@@ -310,10 +313,11 @@ def check_export(
 
 
 def _check_opset(opset: int) -> None:
-    low = getattr(onnx_constants, "ONNX_MIN_OPSET", 7)
-    high = getattr(onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-    if not low <= opset <= high:
-        raise ConfigError(f"--opset {opset}: this torch exports opsets {low} to {high} (default {DEFAULT_OPSET})")
+    if opset not in ONNX_OPSETS:
+        raise ConfigError(
+            f"--opset {opset}: torch exports opsets {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} "
+            f"(default {DEFAULT_OPSET})"
+        )
 
 
 def _move_into_place(staged: Path, output: Path) -> None:
