@@ -6,7 +6,8 @@ written to a temporary folder beside the output; with `check`, it is loaded back
 loads it and run against the PyTorch model on the same random inputs at two sizes (and two batch
 sizes). Parity is judged relative to the logits' scale (a model after one epoch can have logits near
 10^4, where an absolute 1e-3 means nothing; for an ensemble, its members' logits: see `check_export`) and
-by how many pixels get the same class. Only an export that passes is moved into place.
+by how many pixels get the same class. Only an export that passes is moved into place
+(`files.move_into_place`: fsync, rename), then its sidecar.
 
 Several checkpoints export as one ensemble model (ONNX or TorchScript) whose output is the log of the
 members' mean probabilities: softmax (or for binary models the sigmoid) of it is that mean, so every
@@ -40,7 +41,7 @@ from segcli.artifacts import (
     sidecar_document,
 )
 from segcli.errors import ConfigError, MissingPackageError, StorageError
-from segcli.files import save_torch, write_json
+from segcli.files import move_into_place, save_torch, write_json
 from segcli.inference.loading import (
     ENSEMBLE_KEYS,
     expand_sources,
@@ -262,9 +263,9 @@ def export(
         sidecar = output / SMP_SIDECAR if fmt == "smp" else output.with_name(sidecar_name)
         written = result is None or result.passed
         if written:
-            _move_into_place(staged, output)
+            move_into_place(staged, output)
             if fmt != "smp":
-                staged_sidecar.replace(sidecar)
+                move_into_place(staged_sidecar, sidecar)
         return ExportResult(fmt, output, sidecar, info, sources, details, result, written)
     except StorageError:  # it named the staging folder, which is gone
         raise StorageError(f"disk full while exporting {output}; nothing was written. Free space, then run the "
@@ -318,14 +319,6 @@ def _check_opset(opset: int) -> None:
             f"--opset {opset}: torch exports opsets {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} "
             f"(default {DEFAULT_OPSET})"
         )
-
-
-def _move_into_place(staged: Path, output: Path) -> None:
-    if output.is_dir() and not output.is_symlink():
-        shutil.rmtree(output)
-    elif output.exists():
-        output.unlink()
-    staged.replace(output)
 
 
 # --- the four formats -------------------------------------------------------------------------
