@@ -20,7 +20,6 @@ ensemble module they share; split apart, each would be a few lines away from its
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from segcli.artifacts import (
 from segcli.errors import ConfigError, MissingPackageError, StorageError
 from segcli.files import move_into_place, save_torch, write_json
 from segcli.inference.loading import (
-    ENSEMBLE_KEYS,
+    ensemble_info,
     expand_sources,
     load_checkpoint_model,
     open_model,
@@ -197,18 +196,8 @@ def _load_models(checkpoints: list[Path], fmt: str) -> tuple[torch.nn.Module, Mo
         return loaded[0]
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format {fmt} holds one model's weights; export an ensemble as onnx or torchscript")
-    first = loaded[0][1]
-    for (_, info), path in zip(loaded[1:], checkpoints[1:], strict=True):
-        for key in ENSEMBLE_KEYS:
-            if getattr(info, key) != getattr(first, key):
-                raise ConfigError(
-                    f"{path} cannot join an ensemble with {checkpoints[0]}: their {key} differ; ensemble models "
-                    "trained with the same classes, normalisation and val_transforms"
-                )
-    multiple = math.lcm(*(info.size_multiple for _, info in loaded))
-    source = {"ensemble": [info.source for _, info in loaded]}
-    info = ModelInfo(**{**first.__dict__, "size_multiple": multiple, "source": source})
-    return EnsembleModule([model for model, _ in loaded], first.binary).eval(), info
+    info = ensemble_info([(path, info) for path, (_, info) in zip(checkpoints, loaded, strict=True)])
+    return EnsembleModule([model for model, _ in loaded], info.binary).eval(), info
 
 
 def export(

@@ -260,6 +260,9 @@ def test_user_errors(run_dir, tmp_path, capsys):
                           "opsets 7 to 20")  # fmt: skip
     fpn = make_checkpoint(tmp_path / "fpn.pth", arch="fpn")
     assert_user_error(run_main(capsys, "export-checkpoint", fpn, "--height", "60"), "--height 60", "multiple of 32")
+    other_classes = make_checkpoint(tmp_path / "other_classes.pth", class_names=["x", "y", "z", "w"])
+    result = run_main(capsys, "export-checkpoint", run_dir, other_classes, "--output", tmp_path / "ensemble.onnx")
+    assert_user_error(result, "cannot be ensembled: their class_names differ")
     assert not list(tmp_path.glob("*.onnx"))
 
 
