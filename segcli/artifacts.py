@@ -11,14 +11,13 @@ Longer than 300 lines on purpose: it is the one owner of every format segcli rea
 from __future__ import annotations
 
 import json
-import math
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segcli.errors import CheckpointError
-from segcli.files import write_json
+from segcli.files import json_number, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -169,14 +168,6 @@ class TuneDir:
 
 
 # --- the model description shared by checkpoints and exports ------------------------------------
-
-
-def json_number(value: Any) -> float | None:
-    """NaN and infinities are not JSON: they become null."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import queue
 import shutil
@@ -103,8 +104,16 @@ def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
+def json_number(value: Any) -> float | None:
+    """NaN and infinities are not JSON: they become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def write_json(path: Path, data: Any) -> Path:
-    """JSON without NaN (not valid JSON): non-finite numbers must be turned into null first."""
+    """JSON without NaN (not valid JSON): non-finite numbers must be turned into null first (`json_number`)."""
     return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 

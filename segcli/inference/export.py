@@ -36,11 +36,10 @@ from segcli.artifacts import (
     SMP_SIDECAR,
     STATE_DICT_FORMAT,
     ModelInfo,
-    json_number,
     sidecar_document,
 )
 from segcli.errors import ConfigError, MissingPackageError, StorageError
-from segcli.files import move_into_place, save_torch, write_json
+from segcli.files import json_number, move_into_place, save_torch, write_json
 from segcli.inference.loading import (
     ensemble_info,
     expand_sources,
