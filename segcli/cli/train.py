@@ -186,7 +186,8 @@ def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
     """Run each experiment; a failure is reported and the others still run. Exit 1 if any failed."""
     from rich.table import Table
 
-    from segcli.training.sweep import is_primary_process, run_sweep
+    from segcli.devices import is_primary_process
+    from segcli.training.sweep import run_sweep
 
     primary = is_primary_process()
 
