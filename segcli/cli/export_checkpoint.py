@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segcli.artifacts import EXPORT_FORMATS
+from segcli.artifacts.exports import EXPORT_FORMATS
 from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, ModelsArg, stdout_console
 from segcli.inference.export_results import (
     DEFAULT_FORMAT,

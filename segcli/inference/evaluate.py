@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import CropSizeError
 
-from segcli.artifacts import ModelInfo
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import TransformSpec
 from segcli.data.check_report import SplitStats, format_problems
 from segcli.data.checks import check_dataset_cached

@@ -26,16 +26,15 @@ from typing import Any
 
 import torch
 
-from segcli.artifacts import (
+from segcli.artifacts.exports import (
     EXPORT_FORMATS,
-    INPUT_NAME,
-    OUTPUT_NAME,
+    EXPORT_SUFFIXES,
     SIDECAR_VERSION,
     SMP_SIDECAR,
     STATE_DICT_FORMAT,
-    ModelInfo,
     sidecar_document,
 )
+from segcli.artifacts.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from segcli.errors import ConfigError, MissingPackageError, StorageError
 from segcli.files import move_into_place, save_torch, write_json
 from segcli.inference.export_results import (
@@ -57,16 +56,14 @@ from segcli.inference.loading import (
 )
 from segcli.models.metrics import predictions
 
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state-dict": ".state_dict.pth", "smp": "_smp"}
-
 
 def default_output(given: list[Path], sources: list[Path], fmt: str) -> Path:
     """Beside the checkpoint: ckpt_best.onnx, ckpt_best.torchscript.pt, ckpt_best.state_dict.pth, ckpt_best_smp/;
     for a k-fold folder, ensemble.onnx inside it."""
     if len(sources) == 1:
-        return sources[0].with_name(sources[0].stem + SUFFIXES[fmt])
+        return sources[0].with_name(sources[0].stem + EXPORT_SUFFIXES[fmt])
     if len(given) == 1 and given[0].is_dir():
-        return given[0] / f"ensemble{SUFFIXES[fmt]}"
+        return given[0] / f"ensemble{EXPORT_SUFFIXES[fmt]}"
     raise ConfigError("an ensemble of several checkpoints needs --output FILE (where to write it)")
 
 
@@ -76,7 +73,9 @@ def _output_path(output: Path | None, given: list[Path], sources: list[Path], fm
     if output is None:
         output = default_output(given, sources, fmt)
     elif output.is_dir() and fmt != "smp":
-        output = output / (f"ensemble{SUFFIXES[fmt]}" if len(sources) > 1 else default_output(given, sources, fmt).name)
+        output = output / (
+            f"ensemble{EXPORT_SUFFIXES[fmt]}" if len(sources) > 1 else default_output(given, sources, fmt).name
+        )
     if fmt == "smp" and output.exists():
         if not output.is_dir() or not ((output / SMP_SIDECAR).is_file() or not any(output.iterdir())):
             raise ConfigError(f"--output {output} exists and is not an earlier smp export; pass a new folder")

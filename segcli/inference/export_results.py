@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segcli.artifacts import ModelInfo
+from segcli.artifacts.model_info import ModelInfo
 from segcli.files import json_number
 
 DEFAULT_FORMAT = "onnx"

@@ -16,18 +16,10 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from segcli.artifacts import (
-    KFOLD_RECORD,
-    SMP_SIDECAR,
-    STATE_DICT_FORMAT,
-    ModelInfo,
-    RunDir,
-    kfold_runs,
-    load_tagged,
-    read_checkpoint,
-    read_sidecar,
-    sidecar_path,
-)
+from segcli.artifacts.checkpoints import load_tagged, read_checkpoint
+from segcli.artifacts.exports import SMP_SIDECAR, STATE_DICT_FORMAT, read_sidecar, sidecar_path
+from segcli.artifacts.folders import KFOLD_RECORD, RunDir, kfold_runs
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import ModelConfig
 from segcli.data.geometry import fixed_input_size, resize_back
 from segcli.errors import CheckpointError, ConfigError, MissingPackageError

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segcli.artifacts import KFOLD_RECORD, RunDir, RunRecord, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import KFOLD_RECORD, RunDir, RunRecord
 from segcli.config.naming import fold_run_name, kfold_folder_name
 from segcli.config.schema import Experiment
 from segcli.data.io import Pair, list_pairs

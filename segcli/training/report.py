@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segcli.artifacts import RunDir, RunRecord, kfold_runs
+from segcli.artifacts.folders import RunDir, RunRecord, kfold_runs
 from segcli.drawing.charts import per_class_chart, results_chart
 from segcli.drawing.pictures import render_confusion_matrix
 from segcli.errors import ConfigError

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
-from segcli.artifacts import RunDir, RunRecord
+from segcli.artifacts.folders import RunDir, RunRecord
 from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.devices import is_primary_process

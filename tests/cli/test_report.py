@@ -132,7 +132,7 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     epoch training ends at draws the best epoch's, the end the curves: a short run draws each once."""
     from types import SimpleNamespace
 
-    from segcli.artifacts import RunDir
+    from segcli.artifacts.folders import RunDir
     from segcli.files import BackgroundWriter
     from segcli.training.report import RunReport
 

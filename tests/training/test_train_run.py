@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segcli.artifacts import RunDir, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import RunDir
 from segcli.config.schema import Experiment
 from segcli.inference.engine import InferenceOptions
 from segcli.inference.evaluate import evaluate_split

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from segcli.artifacts import RunDir, TuneDir
+from segcli.artifacts.folders import RunDir, TuneDir
 from segcli.errors import ConfigError
 from segcli.training.study import MEDIAN_STARTUP_TRIALS, TrialSeededTpe, make_pruner, open_study
 from segcli.training.tune import TuneOptions, prepare_tune, run_trials
