@@ -1,4 +1,5 @@
-"""Device selection, the same for training and inference: `--cpu`, one GPU by index, or several devices."""
+"""Device selection, the same for training and inference: `--cpu`, one GPU by index, or several devices; and
+which of several training processes this one is."""
 
 from __future__ import annotations
 
@@ -42,3 +43,12 @@ def inference_device(gpu: int | None = None, cpu: bool = False) -> torch.device:
     """One device for predict/evaluate/export: --cpu, --gpu N, else cuda:0 when there is a GPU."""
     accelerator, devices = select_devices(gpu=gpu, cpu=cpu, gpu_key="--gpu")
     return torch.device(f"cuda:{devices[0]}") if accelerator == "gpu" else torch.device("cpu")
+
+
+def is_primary_process() -> bool:
+    """The first of several training processes, or the only one: the one that writes the run's files, starts
+    the trackers and reports. Its rank is Lightning's, read from the launcher's environment (torchrun, SLURM,
+    Lightning's own DDP launcher) and updated when a Trainer starts the processes itself."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only  # here: predict and evaluate never load Lightning
+
+    return rank_zero_only.rank == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.support import REPO
@@ -95,8 +96,15 @@ def test_the_core_never_prints_or_exits():
     assert offenders == [], offenders
 
 
+def _listed_long_modules() -> set[str]:
+    """The modules ARCHITECTURE.md's "Long modules" table lets stay over the limit, each with its reason."""
+    section = (REPO / "ARCHITECTURE.md").read_text().split("\n## Long modules\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(segcli/[\w/]+\.py)` \|", section, flags=re.MULTILINE))
+
+
 def test_modules_stay_readable():
-    """No module over ~300 lines without a reason stated at its top (ARCHITECTURE.md)."""
-    long = [str(path.relative_to(REPO)) for path in PACKAGE.rglob("*.py")
-            if len(path.read_text().splitlines()) > 320 and "Longer than" not in path.read_text()[:1500]]  # fmt: skip
-    assert long == [], long
+    """No module over ~300 lines unless ARCHITECTURE.md lists it with its reason; none listed that is short."""
+    long = {str(path.relative_to(REPO)) for path in PACKAGE.rglob("*.py") if len(path.read_text().splitlines()) > 320}
+    listed = _listed_long_modules()
+    assert long - listed == set(), f"split these, or list them with a reason in ARCHITECTURE.md: {long - listed}"
+    assert listed - long == set(), f"no longer long: remove them from ARCHITECTURE.md's list: {listed - long}"

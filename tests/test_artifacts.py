@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from segcli.artifacts import read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
 from segcli.errors import CheckpointError, StorageError
 from segcli.files import BackgroundWriter, atomic_write, save_torch, write_text
 from tests.inference.support import TINY_CLASSES, make_checkpoint

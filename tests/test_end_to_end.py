@@ -21,7 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segcli.artifacts import read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
 from segcli.config.schema import Experiment
 from segcli.data.synthetic import make_sample
 from segcli.training.run import RunOptions, train

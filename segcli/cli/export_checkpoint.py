@@ -9,14 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from segcli.artifacts.exports import EXPORT_FORMATS
 from segcli.cli.common import EXIT_PROBLEMS, JsonOpt, ModelsArg, stdout_console
+from segcli.inference.export_results import (
+    DEFAULT_FORMAT,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_OPSET,
+    DEFAULT_SIZE,
+    DEFAULT_TOLERANCE,
+    ONNX_OPSETS,
+    ExportResult,
+)
 
-
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    state_dict = "state-dict"
-    smp = "smp"
+ExportFormat = Enum("ExportFormat", {name: name for name in EXPORT_FORMATS}, type=str)  # Typer's choices
 
 
 def export_checkpoint(
@@ -26,22 +31,24 @@ def export_checkpoint(
         typer.Option(
             "--format",
             "-f",
-            metavar="onnx|torchscript|state-dict|smp",
+            metavar="|".join(EXPORT_FORMATS),
             help="onnx (dynamic batch, height, width), torchscript (scripted or traced, as the architecture "
             "allows), state-dict (a weights_only .pth bundle) or smp (a save_pretrained folder).",
         ),
-    ] = ExportFormat.onnx,
+    ] = ExportFormat(DEFAULT_FORMAT),
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", metavar="PATH", help="Where to write. Default: beside the checkpoint."),
     ] = None,
     height: Annotated[
         int, typer.Option(min=1, metavar="H", help="Example input height (a multiple of the model's).")
-    ] = (256),
+    ] = DEFAULT_SIZE,
     width: Annotated[
         int, typer.Option(min=1, metavar="W", help="Example input width (a multiple of the model's).")
-    ] = 256,
-    opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset version.")] = 17,
+    ] = DEFAULT_SIZE,
+    opset: Annotated[
+        int, typer.Option(metavar="N", help=f"ONNX opset version ({ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}).")
+    ] = DEFAULT_OPSET,
     check: Annotated[
         bool,
         typer.Option(
@@ -59,11 +66,11 @@ def export_checkpoint(
             help="Largest accepted max |export - PyTorch| / max |PyTorch logit| (for an ensemble, its members' "
             "largest logit).",
         ),
-    ] = 1e-4,
+    ] = DEFAULT_TOLERANCE,
     min_agreement: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, metavar="X", help="Smallest accepted share of pixels with the same class."),
-    ] = 0.999,
+    ] = DEFAULT_MIN_AGREEMENT,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a checkpoint (or an ensemble of several) for deployment; the model is rebuilt from its metadata."""
@@ -86,7 +93,7 @@ def export_checkpoint(
         raise typer.Exit(EXIT_PROBLEMS)
 
 
-def _print(result, tolerance: float, min_agreement: float) -> None:
+def _print(result: ExportResult, tolerance: float, min_agreement: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"export {result.format}", show_header=False)

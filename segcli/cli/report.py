@@ -30,7 +30,7 @@ def report(
     """Summarise finished (or running) runs: best epoch, scores, per-class IoU; redraw their charts."""
     from rich.table import Table
 
-    from segcli.artifacts import RunDir, TuneDir
+    from segcli.artifacts.folders import RunDir, TuneDir
     from segcli.training.report import fold_reports, mean_and_std, read_report, write_report
 
     studies = [folder for folder in runs if TuneDir(folder).record.is_file()]

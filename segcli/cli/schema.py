@@ -13,6 +13,6 @@ def schema() -> None:
     Save it (`segcli schema > segcli.schema.json`) and put
     `# yaml-language-server: $schema=segcli.schema.json` on the first line of an experiment file.
     """
-    from segcli.config.schema import experiment_file_json_schema
+    from segcli.config.json_schema import experiment_file_json_schema
 
     typer.echo(json.dumps(experiment_file_json_schema(), indent=2))

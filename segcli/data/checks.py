@@ -6,8 +6,8 @@ measures what training needs to know about the images: dtype, the bit depth actu
 per-channel means and their covariances (from every 4th row and column: the same figures to 3 digits, at a
 fraction of the cost of the decode), from which the mean/std of any channel conversion follows exactly.
 
-Longer than 300 lines: one pass over the files and every kind of problem it finds belong together;
-the report's data structures, cache and text live in check_report.py.
+The folder layout of each split is checked first, by layout_check.py; the report's data structures, cache
+and text live in check_report.py.
 """
 
 from __future__ import annotations
@@ -31,16 +31,14 @@ from segcli.data.check_report import (
     write_cached,
 )
 from segcli.data.io import (
-    IMAGES,
     JPEG_SUFFIXES,
-    LABELS,
     Pair,
     decode_image,
     label_lookup,
     map_labels,
     read_mask,
-    scan_folder,
 )
+from segcli.data.layout_check import layout_problems
 
 VOID_SHARE = 0.9  # a value just past the classes in this share of the masks looks like a void label
 STATS_STRIDE = 4
@@ -111,50 +109,6 @@ def _inspect_pair(
         problems.append(Problem("mask-values", split, pair.mask.name, detail))
     result.counts = counts
     return result
-
-
-def _layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:
-    if not (root / split).is_dir():
-        return [Problem("missing-split", split, None, f"folder {root / split} does not exist")], []
-    problems: list[Problem] = []
-    files = {}
-    for kind in (IMAGES, LABELS):
-        if not (root / split / kind).is_dir():
-            problems.append(Problem("missing-split", split, None, _missing_folder(root / split, kind)))
-        folder = scan_folder(root, split, kind)
-        files[kind] = folder.files
-        for path in folder.not_images:
-            detail = f"{kind}/{path.name} is not an image file (ignored)"
-            problems.append(Problem("not-an-image", split, path.name, detail, WARNING))
-        for paths in folder.duplicates:
-            detail = f"{kind}/ has {', '.join(p.name for p in paths)}: keep one file per stem"
-            problems.append(Problem("duplicate-stem", split, paths[0].name, detail))
-        if folder.subfolders:
-            names = ", ".join(f"{p.name}/" for p in folder.subfolders[:NAMES_KEPT])
-            detail = f"{kind}/ has sub-folders ({names}) whose files are not read: segcli reads {split}/{kind}/* only"
-            problems.append(Problem("nested-folders", split, None, detail, WARNING))
-    images, masks = files[IMAGES], files[LABELS]
-    both_folders = all((root / split / kind).is_dir() for kind in (IMAGES, LABELS))
-    if both_folders:  # a missing folder is one problem, not one per file
-        for stem in sorted(images.keys() - masks.keys()):
-            name = images[stem].name
-            problems.append(Problem("image-without-mask", split, name, f"no labels/{stem}.* for images/{name}"))
-        for stem in sorted(masks.keys() - images.keys()):
-            name = masks[stem].name
-            problems.append(Problem("mask-without-image", split, name, f"no images/{stem}.* for labels/{name}"))
-    pairs = [Pair(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
-    if not images and not masks and not problems:
-        problems.append(Problem("empty-split", split, None, f"{root / split} holds no images and no masks"))
-    return problems, pairs
-
-
-def _missing_folder(split_dir: Path, kind: str) -> str:
-    """Name the folder that is there instead (masks/ for labels/, ...), so the fix is a rename."""
-    others = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in (IMAGES, LABELS))
-    detail = f"folder {split_dir / kind} does not exist"
-    if others:
-        detail += f"; found {', '.join(f'{name}/' for name in others)}: rename the one holding the {kind} to {kind}/"
-    return detail
 
 
 def _inspect_all(
@@ -291,7 +245,7 @@ def check_dataset(
     lookup = label_lookup(label_map)
     work: list[tuple[str, Pair]] = []
     for split in splits:
-        problems, pairs = _layout_problems(root, split)
+        problems, pairs = layout_problems(root, split)
         report.problems += problems + _jpeg_mask_warnings(split, pairs)
         report.splits[split] = SplitStats(pairs=len(pairs), class_pixels=[0] * num_classes)
         work += [(split, pair) for pair in pairs]

@@ -2,7 +2,7 @@
 
 matplotlib is the one well-kept plotting library every segmentation user already has; drawing curves
 with PIL by hand would be more code and less legible. Figures are returned unsaved: the caller writes
-them atomically (`segcli.artifacts.save_image`).
+them atomically (`segcli.files.save_image`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segcli.artifacts import ModelInfo
+from segcli.artifacts.model_info import ModelInfo
 from segcli.data.geometry import crop, input_pipeline, pad_to_multiple
 from segcli.data.transforms import PER_IMAGE_MODES
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import CropSizeError
 
-from segcli.artifacts import ModelInfo, json_number
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import TransformSpec
 from segcli.data.check_report import SplitStats, format_problems
 from segcli.data.checks import check_dataset_cached
@@ -33,6 +33,7 @@ from segcli.data.transforms import build_pipeline, preview_pipeline
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
 from segcli.errors import DatasetError
+from segcli.files import json_number
 from segcli.inference.engine import InferenceOptions, InputWarnings, masks_from, same_size_batches
 from segcli.inference.loading import Predictor
 from segcli.models.metrics import add_confusion, epoch_metrics, scores

@@ -6,44 +6,49 @@ written to a temporary folder beside the output; with `check`, it is loaded back
 loads it and run against the PyTorch model on the same random inputs at two sizes (and two batch
 sizes). Parity is judged relative to the logits' scale (a model after one epoch can have logits near
 10^4, where an absolute 1e-3 means nothing; for an ensemble, its members' logits: see `check_export`) and
-by how many pixels get the same class. Only an export that passes is moved into place.
+by how many pixels get the same class. Only an export that passes is moved into place
+(`files.move_into_place`: fsync, rename), then its sidecar.
 
 Several checkpoints export as one ensemble model (ONNX or TorchScript) whose output is the log of the
 members' mean probabilities: softmax (or for binary models the sigmoid) of it is that mean, so every
 consumer of segcli's exports reads it like a single model's logits.
 
-Longer than 300 lines: the four format writers sit with the check that verifies them and the
-ensemble module they share; split apart, each would be a few lines away from its only caller.
+The defaults and the result types live in `export_results.py`, which needs no torch.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.onnx import _constants as onnx_constants
 
-from segcli.artifacts import (
+from segcli.artifacts.exports import (
     EXPORT_FORMATS,
-    INPUT_NAME,
-    OUTPUT_NAME,
+    EXPORT_SUFFIXES,
     SIDECAR_VERSION,
     SMP_SIDECAR,
     STATE_DICT_FORMAT,
-    ModelInfo,
-    json_number,
     sidecar_document,
 )
+from segcli.artifacts.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from segcli.errors import ConfigError, MissingPackageError, StorageError
-from segcli.files import save_torch, write_json
+from segcli.files import move_into_place, save_torch, write_json
+from segcli.inference.export_results import (
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_OPSET,
+    DEFAULT_SIZE,
+    DEFAULT_TOLERANCE,
+    ONNX_OPSETS,
+    CheckResult,
+    ExportResult,
+    InputCheck,
+)
 from segcli.inference.loading import (
-    ENSEMBLE_KEYS,
+    ensemble_info,
     expand_sources,
     load_checkpoint_model,
     open_model,
@@ -51,103 +56,14 @@ from segcli.inference.loading import (
 )
 from segcli.models.metrics import predictions
 
-DEFAULT_OPSET = 17
-DEFAULT_TOLERANCE = 1e-4
-"""Largest accepted max |export - PyTorch| / max |PyTorch logit| (float32 kernels differ around 1e-6)."""
-DEFAULT_MIN_AGREEMENT = 0.999
-"""Smallest accepted share of pixels with the same predicted class (random inputs put a few on ties)."""
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state-dict": ".state_dict.pth", "smp": "_smp"}
-
-
-@dataclass
-class InputCheck:
-    shape: tuple[int, int, int, int]
-    max_abs_diff: float
-    max_relative_diff: float
-    """max |export - PyTorch| / max |PyTorch logit|."""
-    class_agreement: float
-    """Share of pixels whose predicted class is the same."""
-
-
-@dataclass
-class CheckResult:
-    """Export vs PyTorch on random inputs of each shape (batch, channels, height, width)."""
-
-    inputs: list[InputCheck]
-    tolerance: float
-    min_agreement: float
-    relative_to: str = "logits"
-    """The scale differences are divided by: the model's `logits`, or an ensemble's `members' logits`."""
-
-    @property
-    def max_relative_diff(self) -> float:
-        return max(check.max_relative_diff for check in self.inputs)
-
-    @property
-    def min_class_agreement(self) -> float:
-        return min(check.class_agreement for check in self.inputs)
-
-    @property
-    def passed(self) -> bool:
-        # `not >` rather than `<=`: NaN fails.
-        return all(
-            check.max_relative_diff <= self.tolerance and check.class_agreement >= self.min_agreement
-            for check in self.inputs
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "relative_to": self.relative_to,
-            "tolerance": self.tolerance,
-            "min_agreement": self.min_agreement,
-            "max_relative_diff": json_number(self.max_relative_diff),
-            "min_class_agreement": json_number(self.min_class_agreement),
-            "inputs": [
-                {
-                    "shape": list(c.shape),
-                    "max_abs_diff": json_number(c.max_abs_diff),
-                    "max_relative_diff": json_number(c.max_relative_diff),
-                    "class_agreement": c.class_agreement,
-                }
-                for c in self.inputs
-            ],  # fmt: skip
-        }
-
-
-@dataclass
-class ExportResult:
-    format: str
-    path: Path
-    sidecar: Path
-    info: ModelInfo
-    sources: list[Path]
-    details: dict[str, Any]
-    """Format specifics: the ONNX opset, how TorchScript was produced (script or trace)."""
-    check: CheckResult | None
-    written: bool
-    """False when the check failed: nothing was moved into place."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "written": self.written,
-            "path": str(self.path) if self.written else None,
-            "sidecar": str(self.sidecar) if self.written else None,
-            "sources": [str(source) for source in self.sources],
-            "model": self.info.to_dict(),
-            "details": self.details,
-            "check": None if self.check is None else self.check.to_dict(),
-        }
-
 
 def default_output(given: list[Path], sources: list[Path], fmt: str) -> Path:
     """Beside the checkpoint: ckpt_best.onnx, ckpt_best.torchscript.pt, ckpt_best.state_dict.pth, ckpt_best_smp/;
     for a k-fold folder, ensemble.onnx inside it."""
     if len(sources) == 1:
-        return sources[0].with_name(sources[0].stem + SUFFIXES[fmt])
+        return sources[0].with_name(sources[0].stem + EXPORT_SUFFIXES[fmt])
     if len(given) == 1 and given[0].is_dir():
-        return given[0] / f"ensemble{SUFFIXES[fmt]}"
+        return given[0] / f"ensemble{EXPORT_SUFFIXES[fmt]}"
     raise ConfigError("an ensemble of several checkpoints needs --output FILE (where to write it)")
 
 
@@ -157,7 +73,9 @@ def _output_path(output: Path | None, given: list[Path], sources: list[Path], fm
     if output is None:
         output = default_output(given, sources, fmt)
     elif output.is_dir() and fmt != "smp":
-        output = output / (f"ensemble{SUFFIXES[fmt]}" if len(sources) > 1 else default_output(given, sources, fmt).name)
+        output = output / (
+            f"ensemble{EXPORT_SUFFIXES[fmt]}" if len(sources) > 1 else default_output(given, sources, fmt).name
+        )
     if fmt == "smp" and output.exists():
         if not output.is_dir() or not ((output / SMP_SIDECAR).is_file() or not any(output.iterdir())):
             raise ConfigError(f"--output {output} exists and is not an earlier smp export; pass a new folder")
@@ -193,18 +111,8 @@ def _load_models(checkpoints: list[Path], fmt: str) -> tuple[torch.nn.Module, Mo
         return loaded[0]
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format {fmt} holds one model's weights; export an ensemble as onnx or torchscript")
-    first = loaded[0][1]
-    for (_, info), path in zip(loaded[1:], checkpoints[1:], strict=True):
-        for key in ENSEMBLE_KEYS:
-            if getattr(info, key) != getattr(first, key):
-                raise ConfigError(
-                    f"{path} cannot join an ensemble with {checkpoints[0]}: their {key} differ; ensemble models "
-                    "trained with the same classes, normalisation and val_transforms"
-                )
-    multiple = math.lcm(*(info.size_multiple for _, info in loaded))
-    source = {"ensemble": [info.source for _, info in loaded]}
-    info = ModelInfo(**{**first.__dict__, "size_multiple": multiple, "source": source})
-    return EnsembleModule([model for model, _ in loaded], first.binary).eval(), info
+    info = ensemble_info([(path, info) for path, (_, info) in zip(checkpoints, loaded, strict=True)])
+    return EnsembleModule([model for model, _ in loaded], info.binary).eval(), info
 
 
 def export(
@@ -212,8 +120,8 @@ def export(
     fmt: str,
     output: Path | None = None,
     *,
-    height: int = 256,
-    width: int = 256,
+    height: int = DEFAULT_SIZE,
+    width: int = DEFAULT_SIZE,
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -259,9 +167,9 @@ def export(
         sidecar = output / SMP_SIDECAR if fmt == "smp" else output.with_name(sidecar_name)
         written = result is None or result.passed
         if written:
-            _move_into_place(staged, output)
+            move_into_place(staged, output)
             if fmt != "smp":
-                staged_sidecar.replace(sidecar)
+                move_into_place(staged_sidecar, sidecar)
         return ExportResult(fmt, output, sidecar, info, sources, details, result, written)
     except StorageError:  # it named the staging folder, which is gone
         raise StorageError(f"disk full while exporting {output}; nothing was written. Free space, then run the "
@@ -310,18 +218,11 @@ def check_export(
 
 
 def _check_opset(opset: int) -> None:
-    low = getattr(onnx_constants, "ONNX_MIN_OPSET", 7)
-    high = getattr(onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-    if not low <= opset <= high:
-        raise ConfigError(f"--opset {opset}: this torch exports opsets {low} to {high} (default {DEFAULT_OPSET})")
-
-
-def _move_into_place(staged: Path, output: Path) -> None:
-    if output.is_dir() and not output.is_symlink():
-        shutil.rmtree(output)
-    elif output.exists():
-        output.unlink()
-    staged.replace(output)
+    if opset not in ONNX_OPSETS:
+        raise ConfigError(
+            f"--opset {opset}: torch exports opsets {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} "
+            f"(default {DEFAULT_OPSET})"
+        )
 
 
 # --- the four formats -------------------------------------------------------------------------

@@ -16,18 +16,10 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from segcli.artifacts import (
-    KFOLD_RECORD,
-    SMP_SIDECAR,
-    STATE_DICT_FORMAT,
-    ModelInfo,
-    RunDir,
-    kfold_runs,
-    load_tagged,
-    read_checkpoint,
-    read_sidecar,
-    sidecar_path,
-)
+from segcli.artifacts.checkpoints import load_tagged, read_checkpoint
+from segcli.artifacts.exports import SMP_SIDECAR, STATE_DICT_FORMAT, read_sidecar, sidecar_path
+from segcli.artifacts.folders import KFOLD_RECORD, RunDir, kfold_runs
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import ModelConfig
 from segcli.data.geometry import fixed_input_size, resize_back
 from segcli.errors import CheckpointError, ConfigError, MissingPackageError
@@ -187,31 +179,40 @@ def open_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> Pr
     return ensemble(members)
 
 
-ENSEMBLE_KEYS = ("classes", "class_names", "in_channels", "normalization", "ignore_index", "label_map", "resize",
-                 "val_transforms")  # fmt: skip
+_SHARED_BY_ENSEMBLE_MEMBERS = ("classes", "class_names", "in_channels", "normalization", "ignore_index",
+                               "label_map", "resize", "val_transforms")  # fmt: skip
+
+
+def ensemble_info(members: Sequence[tuple[Path, ModelInfo]]) -> ModelInfo:
+    """The description of several models used as one, for `predict`/`evaluate` and for an ensemble export.
+
+    The members must agree on classes, inputs and normalisation; the ensemble's size multiple is the least
+    common multiple of theirs, and its source lists theirs.
+    """
+    (first_path, first), *others = members
+    for path, info in others:
+        for key in _SHARED_BY_ENSEMBLE_MEMBERS:
+            if getattr(info, key) != getattr(first, key):
+                raise CheckpointError(
+                    f"{path} and {first_path} cannot be ensembled: their {key} differ "
+                    f"({getattr(info, key)!r} vs {getattr(first, key)!r}); ensemble models trained with "
+                    "the same classes, normalisation and val_transforms"
+                )
+    multiple = math.lcm(*(info.size_multiple for _, info in members))
+    sources = [info.source or {"path": str(path)} for path, info in members]
+    return ModelInfo(**{**first.__dict__, "size_multiple": multiple, "source": {"ensemble": sources}})
 
 
 def ensemble(members: list[Predictor]) -> Predictor:
     """The mean of the members' probabilities. They must agree on classes, inputs and normalisation."""
-    first = members[0]
-    for member in members[1:]:
-        for key in ENSEMBLE_KEYS:
-            if getattr(member.info, key) != getattr(first.info, key):
-                raise CheckpointError(
-                    f"{member.path} and {first.path} cannot be ensembled: their {key} differ "
-                    f"({getattr(member.info, key)!r} vs {getattr(first.info, key)!r}); ensemble models trained with "
-                    "the same classes, normalisation and val_transforms"
-                )
-    device = first.device
+    info = ensemble_info([(member.path, member.info) for member in members])
+    device = members[0].device
 
     def scores(batch: torch.Tensor) -> torch.Tensor:
         return torch.stack([member.scores(batch.to(member.device)).to(device) for member in members]).mean(0)
 
-    multiple = math.lcm(*(member.info.size_multiple for member in members))
-    sources = [member.info.source or {"path": str(member.path)} for member in members]
-    info = ModelInfo(**{**first.info.__dict__, "size_multiple": multiple, "source": {"ensemble": sources}})
     paths = [path for member in members for path in member.members]
-    return Predictor(scores, info, f"ensemble of {len(members)}", first.path, device, paths)
+    return Predictor(scores, info, f"ensemble of {len(members)}", members[0].path, device, paths)
 
 
 def module_forward(module: torch.nn.Module) -> Forward:

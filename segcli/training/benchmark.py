@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from segcli.artifacts import RunDir, RunRecord
+from segcli.artifacts.folders import RunDir, RunRecord
 from segcli.config.schema import Experiment
 from segcli.files import BackgroundWriter
 from segcli.models.metrics import ConfusionMatrix, predictions

@@ -13,19 +13,19 @@ group; MLflow child runs of one parent run). `--resume` skips finished folds and
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from segcli.artifacts import KFOLD_RECORD, RunDir, RunRecord, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import KFOLD_RECORD, RunDir, RunRecord
 from segcli.config.naming import fold_run_name, kfold_folder_name
 from segcli.config.schema import Experiment
 from segcli.data.io import Pair, list_pairs
 from segcli.errors import ConfigError
-from segcli.files import write_json
+from segcli.files import json_number, write_json
 from segcli.training.finish import TrainResult
 from segcli.training.report import mean_and_std
 from segcli.training.run import RunOptions, train
@@ -147,10 +147,8 @@ def train_folds(
         results.append(_fold_result(index, name, run_dir, len(val)))
     outcome = KFoldResult(options.run_name, folder, results, summarise(results), stopped)
     if stopped is None and len(results) == folds:
-        summary = {key: {"mean": _plain(mean), "std": _plain(std)} for key, (mean, std) in outcome.summary.items()}
+        summary = {
+            key: {"mean": json_number(mean), "std": json_number(std)} for key, (mean, std) in outcome.summary.items()
+        }
         write_json(folder / KFOLD_RECORD, {**document, "summary": summary})
     return outcome
-
-
-def _plain(value: float) -> float | None:
-    return None if math.isnan(value) else value

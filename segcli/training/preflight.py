@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 
-from segcli.artifacts import ModelInfo, read_training_state
+from segcli.artifacts.checkpoints import read_training_state
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segcli.artifacts import RunDir, RunRecord, kfold_runs
+from segcli.artifacts.folders import RunDir, RunRecord, kfold_runs
 from segcli.drawing.charts import per_class_chart, results_chart
 from segcli.drawing.pictures import render_confusion_matrix
 from segcli.errors import ConfigError
-from segcli.files import BackgroundWriter, save_image, write_text
+from segcli.files import BackgroundWriter, json_number, save_image, write_text
 
 HEADLINE = ("loss", "mIoU", "mDCC")
 
@@ -173,14 +173,10 @@ def read_report(folder: Path) -> RunSummary:
 
 def report_details(checkpoints, class_names: list[str], extra: dict[str, float] | None = None) -> dict:
     """What run.json keeps for `segcli report`: plain JSON (NaN as null)."""
-
-    def plain(value: float) -> float | None:
-        return None if isinstance(value, float) and not math.isfinite(value) else value
-
     return json.loads(json.dumps({
         "class_names": class_names,
         "best_epoch": checkpoints.best_epoch,
         "monitor": checkpoints.monitor.metric,
         "best_matrix": checkpoints.best_matrix,
-        "extra": {key: plain(value) for key, value in (extra or {}).items()},
+        "extra": {key: json_number(value) for key, value in (extra or {}).items()},
     }))  # fmt: skip

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.callbacks import EarlyStopping
 
-from segcli.artifacts import RunDir, RunRecord
+from segcli.artifacts.folders import RunDir, RunRecord
 from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
+from segcli.devices import is_primary_process
 from segcli.errors import CheckpointError, ConfigError
 from segcli.files import BackgroundWriter
 from segcli.training.callbacks.averaging import EmaAverage, SwaAverage
@@ -209,7 +209,7 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
         force_cpu=options.force_cpu,
         pairs=options.pairs,
     )
-    lead = getattr(rank_zero_only, "rank", 0) == 0  # under several processes only rank 0 writes files and logs
+    lead = is_primary_process()  # under several processes only the first writes files and logs
     if lead:
         if options.on_dataset_checked:
             options.on_dataset_checked(plan.report)

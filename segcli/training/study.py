@@ -27,7 +27,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from segcli.artifacts import TuneDir
+from segcli.artifacts.folders import TuneDir
 from segcli.errors import ConfigError
 from segcli.training.tune_results import TuneRecord
 

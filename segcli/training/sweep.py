@@ -10,15 +10,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lightning_fabric.utilities.rank_zero import rank_zero_only
-
 from segcli.errors import SegcliError
 from segcli.training.finish import TrainResult
-
-
-def is_primary_process() -> bool:
-    """Rank from the launcher's environment (torchrun, SLURM, Lightning's own DDP launcher)."""
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 @dataclass

@@ -27,7 +27,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
-from segcli.artifacts import TuneDir
+from segcli.artifacts.folders import TuneDir
 from segcli.config.distribution import SearchDistribution
 from segcli.config.loader import load_experiment_file, resolve_experiment
 from segcli.config.naming import run_name, trial_run_name

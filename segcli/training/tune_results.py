@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from segcli.artifacts import TuneDir
+from segcli.artifacts.folders import TuneDir
 from segcli.config.distribution import SearchDistribution
 from segcli.config.loader import flatten, load_experiment_file, resolve_experiment
 from segcli.config.naming import trial_run_name

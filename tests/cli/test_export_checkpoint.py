@@ -126,6 +126,33 @@ def test_output_folders_are_never_clobbered(checkpoint, tmp_path):
     first = export(checkpoint, "smp", tmp_path / "smp", height=64, width=64, check=False)
     again = export(checkpoint, "smp", tmp_path / "smp", height=64, width=64, check=False)  # replaces its own export
     assert first.path == again.path and (again.path / "segcli.json").is_file()
+    assert not list(tmp_path.glob(".*")), "the earlier export or the staging folder was left aside"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "smp"])
+def test_a_failing_export_leaves_no_partial_file_and_the_earlier_export_whole(checkpoint, tmp_path, monkeypatch, fmt):
+    """torch.jit.save and save_pretrained write by path themselves: one that fails half way must leave nothing."""
+    import segmentation_models_pytorch as smp
+
+    output = tmp_path / ("m.pt" if fmt == "torchscript" else "m_smp")
+    export(checkpoint, fmt, output, height=64, width=64, check=False)
+    earlier = {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")}
+
+    def write_half_then_fail(*args) -> None:  # torch.jit.save(module, path), model.save_pretrained(path)
+        path = Path(args[-1])
+        if fmt == "smp":
+            path.mkdir()
+            path = path / "model.safetensors"
+        path.write_bytes(b"half a model")
+        raise RuntimeError("the writer failed half way")
+
+    if fmt == "torchscript":
+        monkeypatch.setattr(torch.jit, "save", write_half_then_fail)
+    else:
+        monkeypatch.setattr(smp.base.SegmentationModel, "save_pretrained", write_half_then_fail)
+    with pytest.raises(RuntimeError, match="half way"):
+        export(checkpoint, fmt, output, height=64, width=64, check=False)
+    assert {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")} == earlier
 
 
 def test_missing_onnxruntime_is_a_clear_error(run_dir, monkeypatch, capsys):
@@ -228,9 +255,14 @@ def test_user_errors(run_dir, tmp_path, capsys):
     assert "this ran" not in result.stdout
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path / "nothing.pth"), "file not found")
     assert_user_error(run_main(capsys, "export-checkpoint", tmp_path), "neither ckpt_best.pth")
-    assert_user_error(run_main(capsys, "export-checkpoint", run_dir, "--opset", "99"), "--opset 99")
+    for opset in ("6", "21"):  # outside what torch's TorchScript-based exporter writes
+        assert_user_error(run_main(capsys, "export-checkpoint", run_dir, "--opset", opset), f"--opset {opset}",
+                          "opsets 7 to 20")  # fmt: skip
     fpn = make_checkpoint(tmp_path / "fpn.pth", arch="fpn")
     assert_user_error(run_main(capsys, "export-checkpoint", fpn, "--height", "60"), "--height 60", "multiple of 32")
+    other_classes = make_checkpoint(tmp_path / "other_classes.pth", class_names=["x", "y", "z", "w"])
+    result = run_main(capsys, "export-checkpoint", run_dir, other_classes, "--output", tmp_path / "ensemble.onnx")
+    assert_user_error(result, "cannot be ensembled: their class_names differ")
     assert not list(tmp_path.glob("*.onnx"))
 
 

@@ -132,7 +132,7 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
     epoch training ends at draws the best epoch's, the end the curves: a short run draws each once."""
     from types import SimpleNamespace
 
-    from segcli.artifacts import RunDir
+    from segcli.artifacts.folders import RunDir
     from segcli.files import BackgroundWriter
     from segcli.training.report import RunReport
 
@@ -200,3 +200,17 @@ def test_results_chart_keeps_every_label_inside_the_picture_and_off_the_other_pa
     for i, one in enumerate(boxes):
         for other in boxes[i + 1 :]:
             assert not one.overlaps(other), (case, one, other)
+
+
+def test_run_json_keeps_scores_that_are_not_numbers_as_null():
+    """run.json must stay valid JSON when the weight average scored NaN (a class never seen) or diverged."""
+    from types import SimpleNamespace
+
+    from segcli.training.report import report_details
+
+    monitor = SimpleNamespace(metric="val/mIoU")
+    checkpoints = SimpleNamespace(best_epoch=2, monitor=monitor, best_matrix=[[3, 1], [0, 4]])
+    extra = {"val_avg/mIoU": float("nan"), "val_avg/loss": float("inf"), "val_avg/mDCC": 0.5}
+    details = report_details(checkpoints, ["road", "sky"], extra)
+    assert details["extra"] == {"val_avg/mIoU": None, "val_avg/loss": None, "val_avg/mDCC": 0.5}
+    assert json.loads(json.dumps(details, allow_nan=False)) == details

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from segcli.config.distribution import SearchDistribution
+from segcli.config.json_schema import experiment_file_json_schema
 from segcli.config.loader import load_experiment_file
-from segcli.config.schema import experiment_file_json_schema
 from segcli.config.search import check_search, probe_values
 from segcli.errors import ConfigError
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segcli.artifacts import Checkpoint, ModelInfo
+from segcli.artifacts.checkpoints import Checkpoint
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import Experiment, ModelConfig
 from segcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segcli.files import save_torch

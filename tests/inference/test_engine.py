@@ -9,7 +9,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from segcli.artifacts import ModelInfo
+from segcli.artifacts.model_info import ModelInfo
 from segcli.data.geometry import crop, pad_to_multiple
 from segcli.data.io import Pair
 from segcli.errors import CheckpointError

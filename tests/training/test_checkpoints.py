@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from segcli.artifacts import RunDir, RunRecord, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import RunDir, RunRecord
 from segcli.config.schema import Experiment, ModelConfig, MonitorConfig
 from segcli.files import BackgroundWriter
 from tests.inference.support import IMAGENET
@@ -44,7 +45,7 @@ def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool 
 
 
 def _callback(task, run_dir: RunDir, writer: BackgroundWriter, monitor: str = "val/mIoU", state_every: float = 0.0):
-    from segcli.artifacts import ModelInfo
+    from segcli.artifacts.model_info import ModelInfo
     from segcli.training.callbacks.checkpoints import RunCheckpoints
 
     info = ModelInfo("unet", "resnet18", 3, 3, CLASSES, None, IMAGENET, 32)

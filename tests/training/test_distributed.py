@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segcli.artifacts import read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
 from segcli.config.schema import Experiment
 from segcli.data.dataset import SegmentationDataset
 from segcli.data.io import list_pairs

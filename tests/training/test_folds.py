@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from segcli.artifacts import read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
 from segcli.data.io import Pair, list_pairs
 from segcli.errors import ConfigError
 from segcli.inference.engine import InferenceOptions

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from segcli.artifacts import ModelInfo, RunDir, RunRecord, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import RunDir, RunRecord
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import Experiment, TransformSpec
 from segcli.data.io import read_image
 from segcli.data.synthetic import make_dataset

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segcli.artifacts import RunDir, read_checkpoint
+from segcli.artifacts.checkpoints import read_checkpoint
+from segcli.artifacts.folders import RunDir
 from segcli.config.schema import Experiment
 from segcli.inference.engine import InferenceOptions
 from segcli.inference.evaluate import evaluate_split
@@ -310,7 +311,7 @@ def test_an_extended_run_averages_the_epochs_a_run_trained_at_once_averages(tiny
     average_model.pth differed from a 4-epoch run's (CamVid: 0.2864 against 0.2977). Differential: extended and
     uninterrupted runs write the same average. Extended once more after averaging has begun, the average keeps its
     epochs, and the summary says how it differs."""
-    from segcli.cli.train import _print_summary
+    from segcli.cli.train_summaries import print_run_summary
 
     def run(folder: str, epochs: int, **options):
         return _train(_experiment(max_epochs=epochs, log_predictions=0), tiny_dataset, tmp_path / folder, **options)
@@ -329,7 +330,7 @@ def test_an_extended_run_averages_the_epochs_a_run_trained_at_once_averages(tiny
     state = torch.load(tmp_path / "extended" / "checkpoints" / "run" / "state_latest.ckpt", weights_only=True)
     assert int(state["callbacks"]["SwaAverage"]["averaged"]["n_averaged"]) == 3
     capsys.readouterr()
-    _print_summary(further, CLASSES)
+    print_run_summary(further, CLASSES)
     out = " ".join(capsys.readouterr().out.split())
     assert f"{further.average_metrics['val_avg/mIoU']:.4f} (epochs 3-5)" in out
     assert "averaging had begun at epoch 3, before the run was extended" in out and "from epoch 4" in out

@@ -24,8 +24,9 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import Checkpoint
 
-from segcli.artifacts import Checkpoint as CheckpointFile
-from segcli.artifacts import ModelInfo, RunDir, RunRecord
+from segcli.artifacts.checkpoints import Checkpoint as CheckpointFile
+from segcli.artifacts.folders import RunDir, RunRecord
+from segcli.artifacts.model_info import ModelInfo
 from segcli.config.schema import MonitorConfig
 from segcli.files import BackgroundWriter, link_or_copy, save_torch
 from segcli.training.report import report_details
