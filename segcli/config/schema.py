@@ -39,6 +39,9 @@ class SchedulerConfig(StrictModel):
     interval: Literal["epoch", "step"] = "epoch"
     monitor: str | None = None
     """Metric that drives ReduceLROnPlateau (default val/loss)."""
+    warmup_steps: int = Field(0, ge=0)
+    """A linear warm-up from 1% of `lr` over this many scheduler steps (optimizer steps with `interval: step`,
+    epochs otherwise) before the named schedule starts (torch's LinearLR, then SequentialLR)."""
 
 
 def _default_mode(metric: str) -> Literal["min", "max"]:
