@@ -200,6 +200,11 @@ def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, i
     if ignore_index is not None and num_classes <= ignore_index < len(result.counts):
         stats.ignored_pixels += int(result.counts[ignore_index])
     present = np.flatnonzero(result.counts)
+    ignored = int(result.counts[ignore_index]) if ignore_index is not None and ignore_index < len(result.counts) else 0
+    scored = int(result.counts.sum()) - ignored
+    for value in present.tolist():
+        stats.value_pixels[value] = stats.value_pixels.get(value, 0) + int(result.counts[value])
+        stats.value_image_pixels[value] = stats.value_image_pixels.get(value, 0) + scored
     if 255 in present and set(present) <= {0, 255} and ignore_index != 255:
         stats.binary_255_masks += 1
     for value in present[present >= num_classes]:

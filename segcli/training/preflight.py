@@ -21,7 +21,7 @@ from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
 from segcli.data.io import Pair, label_lookup, list_pairs
-from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
+from segcli.data.transforms import PixelStats, RareCrops, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
 from segcli.models.metrics import logged_metric_keys
@@ -87,6 +87,31 @@ def check_resume_state(state: Path, experiment: Experiment) -> int:
             f"{experiment.model.model_dump()}; resume with the same model block"
         )
     return saved["epoch"] + 1  # saved at an epoch's end, under Lightning's 0-based index of that epoch
+
+
+def resolve_class_weights(exp: Experiment, report: DatasetReport, num_classes: int) -> Experiment:
+    """`loss.class_weights: median_frequency` -> the weights from the check's training frequencies, so the
+    checkpoints and the training state hold the numbers the run used."""
+    if exp.loss.class_weights != "median_frequency":
+        return exp
+    weights = report.splits["train"].median_frequency_weights(num_classes)
+    return exp.model_copy(update={"loss": exp.loss.model_copy(update={"class_weights": weights})})
+
+
+def _rare_crops(exp: Experiment, report: DatasetReport, class_names: list[str]) -> RareCrops | None:
+    """`sampling` -> the share of crops and the rare classes' labels (named, or measured by the check)."""
+    if exp.sampling is None or exp.sampling.rare_class_crops == 0:
+        return None
+    if exp.sampling.rare_classes is None:
+        labels = report.splits["train"].rare_classes(len(class_names))
+    else:
+        unknown = [name for name in exp.sampling.rare_classes if name not in class_names]
+        if unknown:
+            raise ConfigError(
+                f"sampling.rare_classes: '{unknown[0]}' is not a class; {did_you_mean(unknown[0], class_names)}"
+            )
+        labels = [class_names.index(name) for name in exp.sampling.rare_classes]
+    return RareCrops(exp.sampling.rare_class_crops, tuple(labels))
 
 
 def _check_channels(report: DatasetReport, in_channels: int) -> int:
@@ -165,6 +190,7 @@ def preflight(
         raise ConfigError("precision: 16-mixed needs a GPU; on the CPU use `precision: bf16-mixed` or `precision: 32`")
     report = check_dataset_cached(dataset, SPLITS, class_names, exp.ignore_index, label_map=exp.label_map)
     report.require_clean(f"dataset {dataset}")
+    exp = resolve_class_weights(exp, report, len(class_names))
     channels = exp.model.in_channels
     stored = _check_channels(report, channels)
     normalization = resolve_normalization(exp.normalize, channels, _pixel_stats(report, stored, channels))
@@ -174,8 +200,9 @@ def preflight(
     task.configure_optimizers()  # builds and discards: bad optimizer/scheduler params fail now, not after start-up
     multiple = size_multiple(task.model)
     where = f"experiment '{experiment_name}'"
+    rare_crops = {"train": _rare_crops(exp, report, class_names), "val": None}
     pipelines = {split: build_pipeline(getattr(exp, f"{split}_transforms"), f"{where}: {split}_transforms",
-                                       normalization) for split in SPLITS}  # fmt: skip
+                                       normalization, rare_crops=rare_crops[split]) for split in SPLITS}  # fmt: skip
     dtype = report.splits["train"].dtype or "uint8"
     pooled = report.splits["train"].image_sizes + report.splits["val"].image_sizes  # k-fold mixes the folders
     sizes = {}
