@@ -16,6 +16,7 @@ from segcli.cli import (
     find_lr,
     list_experiments,
     make_demo_dataset,
+    plan,
     predict,
     preview_samples,
     report,
@@ -60,6 +61,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # bugs print a plain Python traceback
 )
 COMMANDS = {
+    "plan": plan.plan,
     "train": train.train,
     "validate-dataset": validate_dataset.validate_dataset,
     "preview-samples": preview_samples.preview_samples,

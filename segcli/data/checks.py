@@ -238,7 +238,7 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
                 "or set --ignore-index 255 if 255 marks pixels to ignore"
             )
             problems.append(Problem("binary-255-masks", split, None, detail))
-        void = _void_label(stats, num_classes, report.ignore_index)
+        void = void_label(stats, num_classes, report.ignore_index)
         if void is not None:
             detail = (
                 f"value {void} is in {stats.bad_values[void][0]} of {stats.masks_read} masks, just past the classes "
@@ -256,7 +256,8 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
     return problems
 
 
-def _void_label(stats: SplitStats, num_classes: int, ignore_index: int | None) -> int | None:
+def void_label(stats: SplitStats, num_classes: int, ignore_index: int | None) -> int | None:
+    """A value just past the classes (or 255) in nearly every mask: a void label (also `segcli plan`'s rule)."""
     for value in (num_classes, 255):
         entry = stats.bad_values.get(value)
         if entry and value != ignore_index and stats.masks_read and entry[0] >= VOID_SHARE * stats.masks_read:

@@ -24,11 +24,11 @@ class LrFinding:
     suggestion: float | None
 
 
-def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str,
-                       force_cpu: bool, min_lr: float, max_lr: float, steps: int, plot: Path) -> LrFinding:  # fmt: skip
+def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str, force_cpu: bool,
+                       min_lr: float, max_lr: float, steps: int, plot: Path | None) -> LrFinding:  # fmt: skip
     """Run `steps` training steps with the learning rate rising exponentially, plot loss vs lr, suggest one.
 
-    Lightning restores the model's weights afterwards; nothing is written but the plot.
+    Lightning restores the model's weights afterwards; nothing is written but the plot (none without `plot`).
     """
     quiet_libraries()
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
@@ -45,8 +45,9 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
         writer.close()
     lrs, losses = finder.results["lr"], finder.results["loss"]
     suggestion = finder.suggestion()
-    title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
-    save_image(plot, lr_finder_chart(lrs, losses, suggestion, title))
+    if plot is not None:
+        title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
+        save_image(plot, lr_finder_chart(lrs, losses, suggestion, title))
     return LrFinding(
         [float(v) for v in lrs], [float(v) for v in losses], None if suggestion is None else float(suggestion)
     )

@@ -150,7 +150,8 @@ def _check_sizes(key: str, sizes: set[tuple[int, int]], multiple: int, model_lab
             )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """Free memory (MemAvailable) in bytes, or None where /proc/meminfo is missing."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -163,7 +164,7 @@ def _available_memory() -> int | None:
 
 def check_memory(needed: int) -> None:
     """`cache: ram` must leave room for the model and the workers: refuse above 70% of what is free."""
-    available = _available_memory()
+    available = available_memory()
     if available is not None and needed > 0.7 * available:
         raise ConfigError(
             f"cache: ram needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory are "
