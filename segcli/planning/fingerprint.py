@@ -58,7 +58,7 @@ class Fingerprint:
     objects: dict[int, ObjectSizes] = field(default_factory=dict)
     """Per stored mask value, from a sample of training masks."""
     groups: tuple[str, int] | None = None
-    """(pattern, number of groups) when file names fall into groups, e.g. ('^[^_]+', 4) for CamVid."""
+    """(pattern, number of groups) when training file names fall into groups, e.g. ('^[^_]+', 3) for CamVid."""
     declared: Declared = field(default_factory=Declared)
 
     @property
@@ -163,6 +163,6 @@ def fingerprint(root: Path, workers: int | None = None) -> Fingerprint:
         train=report.splits["train"],
         val=report.splits.get("val") if "val" in splits else None,
         objects=_object_sizes([mask for mask in sample if mask.ndim == 2]),
-        groups=name_groups([pair.stem for pair in pairs + list_pairs(root, "val")]),
+        groups=name_groups([pair.stem for pair in pairs]),  # not val's too: 'train_*' and 'val_*' are no groups
         declared=read_declared(root),
     )
