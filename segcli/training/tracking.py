@@ -105,8 +105,9 @@ def _downscaled(array: np.ndarray, nearest: bool) -> np.ndarray:
     if scale >= 1:
         return array
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(array).resize(size, resample))
+    if nearest:  # label masks: PIL resizes 32-bit integers ("I" mode), not torch's int64 labels
+        return np.asarray(Image.fromarray(array.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
+    return np.asarray(Image.fromarray(array).resize(size, Image.Resampling.BILINEAR))
 
 
 def class_labels(class_names: Sequence[str], ignore_index: int | None) -> dict[int, str]:

@@ -147,3 +147,18 @@ def test_the_wandb_service_starts_early_unless_disabled_or_another_process(monke
         if thread.name == "segcli-wandb-service":
             thread.join(timeout=10)
     assert calls == [1]
+
+
+def test_wandb_images_downscale_large_masks_of_any_integer_type():
+    """Validation masks arrive as int64 (torch's labels); PIL cannot resize those, so images over 512 px failed."""
+    from segcli.drawing.pictures import Sample
+    from segcli.training import tracking
+
+    mask = np.zeros((1024, 1100), np.int64)
+    mask[:512, :] = 3
+    mask[-1, -1] = 255
+    image = np.zeros((1024, 1100, 3), np.uint8)
+    assert len(tracking.wandb_images([Sample("big", image, mask, prediction=mask)], ["a", "b", "c", "d"], 255)) == 1
+    small = tracking._downscaled(mask, nearest=True)
+    assert small.shape == (477, tracking.MAX_LOGGED_SIDE) and set(np.unique(small).tolist()) <= {0, 3, 255}
+    assert small[0, 0] == 3 and small[-1, 0] == 0
