@@ -155,7 +155,7 @@ def find_run(results: dict, key: str) -> dict | None:
 # --- runners ----------------------------------------------------------------------------------
 
 
-def _run_logged(command: list[str], log: Path, cwd: Path) -> tuple[int, float]:
+def run_logged(command: list[str], log: Path, cwd: Path) -> tuple[int, float]:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **RUN_ENV}
     started = time.monotonic()
@@ -191,7 +191,7 @@ def run_reference(args, data: Path, seed: int, work: Path) -> dict:
         *(["--match-segcli"] if args.match_segcli else []),
     ]
     log = work / f"{kind}-seed{seed}.log"
-    code, seconds = _run_logged(command, log, cwd=out)
+    code, seconds = run_logged(command, log, cwd=out)
     if code != 0:
         raise RuntimeError(f"{kind} seed {seed} exited {code}; see {log}")
     result = json.loads((out / "result.json").read_text())
@@ -246,7 +246,7 @@ def run_segcli(args, data: Path, seed: int, work: Path) -> dict:
         "--cpu",
     ]
     log = work / f"segcli-{tag}-seed{seed}.log"
-    code, seconds = _run_logged(command, log, cwd=out)
+    code, seconds = run_logged(command, log, cwd=out)
     if code != 0:
         raise RuntimeError(f"segcli seed {seed} exited {code}; see {log}")
     found = sorted(glob.glob(str(out / "checkpoints" / "parity-parity-set*" / "ckpt_best.pth")))

@@ -21,6 +21,7 @@ LAYERS = {
     "segcli.models": 2,
     "segcli.inference": 3,
     "segcli.training": 4,
+    "segcli.planning": 4,
     "segcli.cli": 5,
     "segcli.__main__": 5,
 }

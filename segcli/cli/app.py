@@ -15,6 +15,7 @@ from segcli.cli import (
     find_lr,
     list_experiments,
     make_demo_dataset,
+    plan,
     predict,
     preview_samples,
     report,
@@ -35,6 +36,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: an option and its metavar stay on one line at any width
 )
 COMMANDS = {
+    "plan": plan.plan,
     "train": train.train,
     "tune": tune.tune,
     "validate-dataset": validate_dataset.validate_dataset,

@@ -45,6 +45,9 @@ class SchedulerConfig(StrictModel):
     interval: Literal["epoch", "step"] = "epoch"
     monitor: str | None = None
     """Metric that drives ReduceLROnPlateau (default val/loss)."""
+    warmup_steps: int = Field(0, ge=0)
+    """A linear warm-up from 1% of `lr` over this many scheduler steps (optimizer steps with `interval: step`,
+    epochs otherwise) before the named schedule starts (torch's LinearLR, then SequentialLR)."""
 
 
 def _default_mode(metric: str) -> Literal["min", "max"]:
@@ -94,19 +97,25 @@ class LossTerm(StrictModel):
 
 
 def loss_from_shorthand(value: Any) -> Any:
-    """`loss: dice` and `loss: [dice, {name: focal}]` -> {terms: [{name: dice}, ...]}."""
+    """`loss: dice`, `loss: [dice, {name: focal}]` and `{terms: [dice, ...], class_weights: ...}` ->
+    {terms: [{name: dice}, ...], ...}."""
     if isinstance(value, str):
         return {"terms": [{"name": value}]}
     if isinstance(value, list):
-        return {"terms": [{"name": t} if isinstance(t, str) else t for t in value]}
+        value = {"terms": value}
+    if isinstance(value, dict) and isinstance(value.get("terms"), list):
+        return {**value, "terms": [{"name": t} if isinstance(t, str) else t for t in value["terms"]]}
     return value
 
 
 class LossConfig(StrictModel):
-    """A weighted sum of smp losses. `loss: dice` and `loss: [dice, cross_entropy]` are shorthands."""
+    """A weighted sum of smp losses. `loss: dice` and `loss: [dice, cross_entropy]` are shorthands; a term given
+    by its name alone has weight 1."""
 
     terms: list[LossTerm] = Field(min_length=1)
-    class_weights: list[float] | None = None
+    class_weights: list[float] | Literal["median_frequency"] | None = None
+    """One weight per class, or `median_frequency`: median class frequency / the class's frequency, from the
+    dataset check's pixel counts over the training split (SegNet's balancing)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +170,15 @@ def predictions_from_shorthand(value: Any) -> Any:
     return {"count": value} if isinstance(value, int) else value
 
 
+class SamplingConfig(StrictModel):
+    """Where training crops are placed."""
+
+    rare_class_crops: float = Field(ge=0, le=1)
+    """Share of training crops centred on a pixel of a rare class (the train_transforms' `random_crop`)."""
+    rare_classes: list[str] | None = Field(None, min_length=1)
+    """Class names; default: the classes with fewer training pixels than half the median class."""
+
+
 class PredictionLogging(StrictModel):
     """A fixed, seeded set of validation images predicted after every `every` validations (W&B), and the
     `worst` validation images at the best checkpoint when the run ends (W&B table, worst_predictions.png)."""
@@ -213,6 +231,7 @@ class Experiment(StrictModel):
     """How pixels become model inputs, the same in train, val, predict, evaluate and exports."""
     label_map: dict[int, int] | None = None
     """Stored mask value -> class (or ignore_index), e.g. {255: 1} for 0/255 binary masks."""
+    sampling: SamplingConfig | None = None
     average: AverageConfig | None = Field(default_factory=AverageConfig)
     ema: EmaConfig | None = None
     log_predictions: PredictionLogging = Field(default_factory=PredictionLogging)
@@ -266,7 +285,12 @@ class Experiment(StrictModel):
         if self.gpu is not None and self.devices is not None:
             raise ValueError("set either `gpu` (one device) or `devices` (several), not both")
         weights = self.loss.class_weights
-        if weights is not None and len(weights) != self.model.classes:
+        if weights == "median_frequency" and self.model.classes == 1:
+            raise ValueError(
+                "loss.class_weights: median_frequency weighs softmax classes; with `model.classes: 1` (one sigmoid "
+                "output) use `model.classes: 2` or remove class_weights"
+            )
+        if isinstance(weights, list) and len(weights) != self.model.classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values but model.classes is {self.model.classes}")
         if isinstance(self.normalize, ExplicitNormalization):
             for key in ("mean", "std"):

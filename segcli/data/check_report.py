@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from segcli.errors import DatasetError
 from segcli.files import write_text
 
 ERROR, WARNING = "error", "warning"
+RARE_SHARE_OF_MEDIAN = 0.5  # a class with fewer pixels than this share of the median class's is rare
 NAMES_KEPT = 5  # file names kept per group (values outside the classes, odd channel counts)
 
 
@@ -46,6 +48,10 @@ class SplitStats:
     channel_sums: list[float] = field(default_factory=list)  # per channel, over sampled pixels (most common count)
     channel_products: list[list[float]] = field(default_factory=list)  # per pair of channels: sum of x_i * x_j
     sampled_pixels: int = 0
+    value_pixels: dict[int, int] = field(default_factory=dict)
+    """Pixels per mask value (after the label map), every value: classes, ignored and unknown ones."""
+    value_image_pixels: dict[int, int] = field(default_factory=dict)
+    """Per mask value, the non-ignored pixels of the masks it appears in (median-frequency balancing)."""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -54,6 +60,8 @@ class SplitStats:
         data["channel_examples"] = {str(c): names for c, names in self.channel_examples.items()}
         data["bad_values"] = {str(v): entry for v, entry in sorted(self.bad_values.items())}
         data["dtypes"] = dict(self.dtypes)
+        for key in ("value_pixels", "value_image_pixels"):
+            data[key] = {str(v): n for v, n in sorted(getattr(self, key).items())}
         return data
 
     @classmethod
@@ -66,6 +74,8 @@ class SplitStats:
                 "channel_examples": {int(c): names for c, names in data["channel_examples"].items()},
                 "bad_values": {int(v): entry for v, entry in data["bad_values"].items()},
                 "dtypes": Counter(data["dtypes"]),
+                "value_pixels": {int(v): n for v, n in data["value_pixels"].items()},
+                "value_image_pixels": {int(v): n for v, n in data["value_image_pixels"].items()},
             }
         )
 
@@ -94,6 +104,29 @@ class SplitStats:
             return 255.0
         bits = self.bits_used
         return float(2**bits - 1) if bits else 1.0
+
+    def median_frequency_weights(self, num_classes: int) -> list[float]:
+        """SegNet's median-frequency balancing: weight = median(freq) / freq(class), where freq(class) is the
+        class's pixels over the pixels of the masks it appears in. A class absent from the split weighs 1."""
+        freqs = {
+            label: self.value_pixels[label] / self.value_image_pixels[label]
+            for label in range(num_classes)
+            if self.value_pixels.get(label)
+        }
+        if not freqs:
+            return [1.0] * num_classes
+        median = statistics.median(freqs.values())
+        return [median / freqs[label] if label in freqs else 1.0 for label in range(num_classes)]
+
+    def rare_classes(self, num_classes: int) -> list[int]:
+        """Classes present with fewer pixels than half the median class (CamVid: Pole, SignSymbol, Fence,
+        Pedestrian, Bicyclist)."""
+        pixels = [self.value_pixels.get(label, 0) for label in range(num_classes)]
+        present = [count for count in pixels if count]
+        if not present:
+            return []
+        threshold = RARE_SHARE_OF_MEDIAN * statistics.median(present)
+        return [label for label, count in enumerate(pixels) if 0 < count < threshold]
 
     def channel_mean_std(
         self, max_pixel_value: float, conversion: np.ndarray | None = None
@@ -223,7 +256,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
 
 
-CACHE_VERSION = 5  # bumped when the report gains fields or files are read differently: old entries are recomputed
+CACHE_VERSION = 6  # bumped when the report gains fields or files are read differently: old entries are recomputed
 
 
 def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:

@@ -153,6 +153,11 @@ def _add(stats: SplitStats, pair: Pair, result: _PairResult, num_classes: int, i
     stats.ignored_pixels += ignored
     stats.unknown_pixels += int(result.counts[num_classes:].sum()) - ignored
     present = np.flatnonzero(result.counts)
+    ignored = int(result.counts[ignore_index]) if ignore_index is not None and ignore_index < len(result.counts) else 0
+    scored = int(result.counts.sum()) - ignored
+    for value in present.tolist():
+        stats.value_pixels[value] = stats.value_pixels.get(value, 0) + int(result.counts[value])
+        stats.value_image_pixels[value] = stats.value_image_pixels.get(value, 0) + scored
     if 255 in present and set(present) <= {0, 255} and ignore_index != 255:
         stats.binary_255_masks += 1
     for value in present[present >= num_classes]:
@@ -187,7 +192,7 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
                 "pixels to ignore"
             )
             problems.append(Problem("binary-255-masks", split, None, detail))
-        void = _void_label(stats, num_classes, report.ignore_index)
+        void = void_label(stats, num_classes, report.ignore_index)
         if void is not None:
             detail = (
                 f"value {void}, just past the classes 0..{num_classes - 1}, is in nearly every mask: it looks like a "
@@ -205,7 +210,8 @@ def _summary_problems(report: DatasetReport) -> list[Problem]:
     return problems
 
 
-def _void_label(stats: SplitStats, num_classes: int, ignore_index: int | None) -> int | None:
+def void_label(stats: SplitStats, num_classes: int, ignore_index: int | None) -> int | None:
+    """A value just past the classes (or 255) in nearly every mask: a void label (also `segcli plan`'s rule)."""
     for value in (num_classes, 255):
         entry = stats.bad_values.get(value)
         if entry and value != ignore_index and stats.masks_read and entry[0] >= VOID_SHARE * stats.masks_read:

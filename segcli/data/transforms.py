@@ -207,19 +207,71 @@ class Normalization(A.ImageOnlyTransform):
         return normalize_unit(img, self.normalization)
 
 
+class RareClassCrop(A.RandomCrop):
+    """`random_crop` with rare-class sampling (`sampling.rare_class_crops`): in `share` of the samples whose mask
+    holds a rare class, the crop is centred (as far as the image allows) on a pixel of one. The class is drawn
+    uniformly among the rare classes present, then one of its pixels, as nnU-Net oversamples foreground.
+    Every other crop is RandomCrop's own."""
+
+    def __init__(self, height: int, width: int, *, rare_classes: Sequence[int], share: float, **crop_params: Any):
+        super().__init__(height=height, width=width, **crop_params)
+        self.rare_classes = list(rare_classes)
+        self.share = share
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        random_crop = super().get_params_dependent_on_data(params, data)
+        if random_crop.get("pad_params") is not None or self.py_random.random() >= self.share:
+            return random_crop
+        mask = data["mask"]
+        present = [label for label in self.rare_classes if (mask == label).any()]
+        if not present:
+            return random_crop
+        rows, cols = np.nonzero(mask == self.py_random.choice(present))
+        pick = self.py_random.randrange(len(rows))
+        height, width = mask.shape[:2]
+        top = min(max(int(rows[pick]) - self.height // 2, 0), height - self.height)
+        left = min(max(int(cols[pick]) - self.width // 2, 0), width - self.width)
+        return {**random_crop, "crop_coords": (left, top, left + self.width, top + self.height)}
+
+
+@dataclass(frozen=True)
+class RareCrops:
+    """`sampling.rare_class_crops` resolved: the share of crops and the rare classes' labels."""
+
+    share: float
+    classes: tuple[int, ...]
+
+
 def build_pipeline(
     specs: Sequence[TransformSpec], where: str, normalization: dict[str, Any], seed: int | None = None, *,
-    fill_label: int,
+    fill_label: int, rare_crops: RareCrops | None = None,
 ):  # fmt: skip
     """Compose: pixels to 0..1 (8-bit stays uint8), the listed transforms, the normalisation, tensors.
 
     Albumentations draws from the Compose's own generator (global seeds have no effect), so `seed` is
     what makes augmentations reproducible. `fill_label`: what pads and border fills put in masks (see
-    `build_transform`).
+    `build_transform`). `rare_crops` turns the `random_crop` step into a RareClassCrop.
     """
-    steps = [UnitRange(normalization["max_pixel_value"]), *_listed(specs, where, fill_label),
-             Normalization(normalization), ToTensorV2()]  # fmt: skip
+    listed = _listed(specs, where, fill_label)
+    if rare_crops is not None:
+        listed = _with_rare_class_crops(listed, rare_crops, where)
+    steps = [UnitRange(normalization["max_pixel_value"]), *listed, Normalization(normalization), ToTensorV2()]
     return A.Compose(steps, seed=seed)
+
+
+def _with_rare_class_crops(steps: list, rare_crops: RareCrops, where: str) -> list:
+    crops = [index for index, step in enumerate(steps) if type(step) is A.RandomCrop]
+    if len(crops) != 1:
+        found = "none" if not crops else f"{len(crops)}"
+        raise ConfigError(
+            f"sampling.rare_class_crops places the `random_crop` step of {where}, which has {found}; add one "
+            "`{name: random_crop, params: {height: H, width: W}}` (smaller than the images) or remove `sampling`"
+        )
+    crop = steps[crops[0]]
+    params = {key: getattr(crop, key) for key in ("pad_if_needed", "pad_position", "border_mode", "fill", "fill_mask")}
+    replacement = RareClassCrop(crop.height, crop.width, rare_classes=rare_crops.classes, share=rare_crops.share,
+                                **params)  # fmt: skip
+    return [*steps[: crops[0]], replacement, *steps[crops[0] + 1 :]]
 
 
 def preview_pipeline(

@@ -11,6 +11,7 @@ from segcli.config.schema import OptimizerConfig, SchedulerConfig
 from segcli.errors import ConfigError, did_you_mean
 from segcli.models.registry import check_params
 
+WARMUP_START = 0.01  # a warm-up starts at this share of `lr`
 _SCHEDULER_BASES = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
@@ -66,7 +67,16 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer):
             f"scheduler.interval: {cfg.name} reacts to a validation metric, which exists once per epoch; "
             "use `interval: epoch`"
         )
+    if is_plateau(cfg) and cfg.warmup_steps:
+        raise ConfigError(
+            f"scheduler.warmup_steps: {cfg.name} follows a validation metric and cannot be chained after a warm-up; "
+            "remove warmup_steps or use a schedule such as CosineAnnealingLR"
+        )
     try:
-        return cls(optimizer, **cfg.params)
+        schedule = cls(optimizer, **cfg.params)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"scheduler.params: invalid value for {cfg.name}: {exc}") from None
+    if not cfg.warmup_steps:
+        return schedule
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START, total_iters=cfg.warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, schedule], milestones=[cfg.warmup_steps])

@@ -50,7 +50,7 @@ def _check_encoder(cfg: ModelConfig) -> None:
 HUB = ("huggingface.co", 443)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """A quick connection test: without it, huggingface_hub retries for ~25 s before failing offline."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
@@ -74,7 +74,7 @@ def _use_cache_only() -> None:
 
 def create_model(cfg: ModelConfig) -> nn.Module:
     """The smp model named by `cfg.arch` (case-insensitive); downloads encoder weights if asked."""
-    if cfg.encoder_weights is not None and not _hub_reachable():
+    if cfg.encoder_weights is not None and not hub_reachable():
         _use_cache_only()
     architectures = _architectures()
     arch = architectures.get(cfg.arch.lower())

@@ -38,12 +38,12 @@ WARMUP = 3  # first steps pay one-off costs (kernel selection, allocator growth,
 ROUNDS = 2
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _autocast(exp: Experiment, device: torch.device):
+def autocast(exp: Experiment, device: torch.device):
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(exp.precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -79,8 +79,8 @@ def _loader_rate(loader, steps: int, batch_size: int) -> float:
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def _train_step(task: SegmentationTask, optimizer, scaler, images, masks, exp: Experiment, device) -> torch.Tensor:
-    with _autocast(exp, device):
+def train_step(task: SegmentationTask, optimizer, scaler, images, masks, exp: Experiment, device) -> torch.Tensor:
+    with autocast(exp, device):
         logits = task(images)  # the model as training runs it (padded to its size multiple)
     loss = task.criterion(logits, masks)
     optimizer.zero_grad(set_to_none=True)
@@ -98,21 +98,21 @@ def _model_rate(plan: Plan, batch, device, steps: int) -> tuple[float, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=exp.precision == "16-mixed")
     images, masks = _on_device(batch, device, exp)
     for _ in range(WARMUP):
-        logits = _train_step(task, optimizer, scaler, images, masks, exp, device)
-    _sync(device)
+        logits = train_step(task, optimizer, scaler, images, masks, exp, device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
-        _train_step(task, optimizer, scaler, images, masks, exp, device)
-    _sync(device)
+        train_step(task, optimizer, scaler, images, masks, exp, device)
+    synchronize(device)
     rate = steps * len(images) / (time.perf_counter() - started)
 
     metric = ConfusionMatrix(len(plan.class_names), exp.ignore_index).to(device)
     metric.update(predictions(logits.detach()), masks)  # warm-up
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):  # what the step adds for metrics: predictions and one confusion-matrix update
         metric.update(predictions(logits.detach()), masks)
-    _sync(device)
+    synchronize(device)
     return rate, (time.perf_counter() - started) / steps
 
 
@@ -125,13 +125,13 @@ def _bare_rate(plan: Plan, datasets, device, steps: int) -> float:
     started = None
     for step, batch in enumerate(_batches(loader)):
         if step == WARMUP:
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
         if step == WARMUP + steps:
             break
         images, masks = _on_device(batch, device, exp)
-        _train_step(task, optimizer, scaler, images, masks, exp, device)
-    _sync(device)
+        train_step(task, optimizer, scaler, images, masks, exp, device)
+    synchronize(device)
     return steps * exp.batch_size / (time.perf_counter() - started)
 
 
@@ -143,10 +143,10 @@ class _Throughput(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step  # counts across epochs, unlike batch_idx
         if step == WARMUP:
-            _sync(self.device)
+            synchronize(self.device)
             self.started = time.perf_counter()
         elif step == WARMUP + self.steps:
-            _sync(self.device)
+            synchronize(self.device)
             self.rate = self.steps * self.batch_size / (time.perf_counter() - self.started)
 
 

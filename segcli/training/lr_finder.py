@@ -32,12 +32,13 @@ class LrFinding:
 
 
 def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: list[str], name: str,
-                       force_cpu: bool, min_lr: float, max_lr: float, steps: int, plot: Path,
+                       force_cpu: bool, min_lr: float, max_lr: float, steps: int, plot: Path | None,
                        trackers: list[str] | None = None) -> LrFinding:  # fmt: skip
     """Run `steps` training steps with the learning rate rising exponentially, plot loss vs lr, suggest one.
 
-    Lightning restores the model's weights afterwards; nothing is written but the plot, and with `trackers` (names)
-    a run `<name>-find-lr` in each: the loss at every learning rate, the plot and the suggestion.
+    Lightning restores the model's weights afterwards; nothing is written but the plot (none without `plot`),
+    and with `trackers` (names) a run `<name>-find-lr` in each: the loss at every learning rate, the plot and
+    the suggestion.
     """
     if steps < MIN_STEPS:
         raise ConfigError(
@@ -47,9 +48,11 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     quiet_libraries()
     require_extras(trackers or [])
     plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=name, force_cpu=force_cpu)
-    run = TrackedRun(name=f"{name}-find-lr", output_dir=plot.parent, run_dir=plot.parent, job_type="find-lr",
-                     config={**experiment.model_dump(mode="json"), "class_names": class_names})  # fmt: skip
-    tracked = Trackers.start(trackers or [], run)  # before the loaders' workers fork
+    tracked = Trackers()
+    if trackers:  # started before the loaders' workers fork; their local stores go beside the plot
+        run = TrackedRun(name=f"{name}-find-lr", output_dir=plot.parent, run_dir=plot.parent, job_type="find-lr",
+                         config={**experiment.model_dump(mode="json"), "class_names": class_names})  # fmt: skip
+        tracked = Trackers.start(trackers, run)
     loaders = make_loaders(plan, make_datasets(plan))
     writer = BackgroundWriter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -64,12 +67,12 @@ def find_learning_rate(experiment: Experiment, *, dataset: Path, class_names: li
     lrs, losses = finder.results["lr"], finder.results["loss"]
     suggestion = finder.suggestion(skip_begin=SKIPPED_FIRST, skip_end=SKIPPED_LAST)
     title = f"{name}: learning-rate range test, {len(lrs)} steps of batch {experiment.batch_size}"
-    picture = lr_finder_chart(lrs, losses, suggestion, title)
-    save_image(plot, picture)
+    if plot is not None:
+        save_image(plot, lr_finder_chart(lrs, losses, suggestion, title))
     for step, (lr, loss) in enumerate(zip(lrs, losses, strict=True)):
         tracked.log_metrics({"lr_finder/lr": float(lr), "lr_finder/loss": float(loss)}, step)
     if tracked:
-        tracked.log_picture("lr_finder/plot", figure_image(picture), len(lrs))
+        tracked.log_picture("lr_finder/plot", figure_image(lr_finder_chart(lrs, losses, suggestion, title)), len(lrs))
     if suggestion is not None:
         tracked.log_metrics({"lr_finder/suggestion": float(suggestion)}, len(lrs))
     tracked.close("success")

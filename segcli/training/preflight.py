@@ -23,7 +23,7 @@ from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
 from segcli.data.geometry import fixed_input_size
 from segcli.data.io import CHANNEL_CONVERSIONS, Pair, label_lookup, list_pairs
-from segcli.data.transforms import PixelStats, build_pipeline, output_sizes, resolve_normalization
+from segcli.data.transforms import PixelStats, RareCrops, build_pipeline, output_sizes, resolve_normalization
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
 from segcli.models.metrics import logged_metric_keys
@@ -89,6 +89,31 @@ def check_resume_state(state: Path, experiment: Experiment) -> tuple[int, int]:
     return saved["epoch"] + 1, saved["global_step"]  # saved at an epoch's end, under its 0-based index
 
 
+def resolve_class_weights(exp: Experiment, report: DatasetReport, num_classes: int) -> Experiment:
+    """`loss.class_weights: median_frequency` -> the weights from the check's training frequencies, so the
+    checkpoints and the training state hold the numbers the run used."""
+    if exp.loss.class_weights != "median_frequency":
+        return exp
+    weights = report.splits["train"].median_frequency_weights(num_classes)
+    return exp.model_copy(update={"loss": exp.loss.model_copy(update={"class_weights": weights})})
+
+
+def _rare_crops(exp: Experiment, report: DatasetReport, class_names: list[str]) -> RareCrops | None:
+    """`sampling` -> the share of crops and the rare classes' labels (named, or measured by the check)."""
+    if exp.sampling is None or exp.sampling.rare_class_crops == 0:
+        return None
+    if exp.sampling.rare_classes is None:
+        labels = report.splits["train"].rare_classes(len(class_names))
+    else:
+        unknown = [name for name in exp.sampling.rare_classes if name not in class_names]
+        if unknown:
+            raise ConfigError(
+                f"sampling.rare_classes: '{unknown[0]}' is not a class; {did_you_mean(unknown[0], class_names)}"
+            )
+        labels = [class_names.index(name) for name in exp.sampling.rare_classes]
+    return RareCrops(exp.sampling.rare_class_crops, tuple(labels))
+
+
 def _check_channels(report: DatasetReport, in_channels: int) -> int:
     """The images' channel count; it must be the model's or one segcli converts (grey <-> RGB, RGBA -> RGB)."""
     stored = report.splits["train"].channels.most_common(1)[0][0]
@@ -116,7 +141,8 @@ def _check_sizes(key: str, sizes: set[tuple[int, int]]) -> None:
         )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """Free memory (MemAvailable) in bytes, or None where /proc/meminfo is missing."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -129,7 +155,7 @@ def _available_memory() -> int | None:
 
 def check_memory(needed: int) -> None:
     """`cache: ram` must leave room for the model and the workers: refuse above 70% of what is free."""
-    available = _available_memory()
+    available = available_memory()
     if available is not None and needed > 0.7 * available:
         raise ConfigError(
             f"cache: ram needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory are "
@@ -156,6 +182,7 @@ def preflight(
         raise ConfigError("precision: 16-mixed needs a GPU; on the CPU use `precision: bf16-mixed` or `precision: 32`")
     report = check_dataset_cached(dataset, SPLITS, class_names, exp.ignore_index, label_map=exp.label_map)
     report.require_clean(f"dataset {dataset}")
+    exp = resolve_class_weights(exp, report, len(class_names))
     channels = exp.model.in_channels
     stored = _check_channels(report, channels)
     normalization = resolve_normalization(exp.normalize, channels, _pixel_stats(report, stored, channels))
@@ -164,8 +191,10 @@ def preflight(
     task = SegmentationTask(exp.model_dump(mode="json"), class_names)
     task.configure_optimizers()  # builds and discards: bad optimizer/scheduler params fail now, not after start-up
     where = f"experiment '{experiment_name}'"
+    rare_crops = {"train": _rare_crops(exp, report, class_names), "val": None}
     pipelines = {split: build_pipeline(getattr(exp, f"{split}_transforms"), f"{where}: {split}_transforms",
-                                       normalization, fill_label=task.never_scored) for split in SPLITS}  # fmt: skip
+                                       normalization, fill_label=task.never_scored,
+                                       rare_crops=rare_crops[split]) for split in SPLITS}  # fmt: skip
     dtype = report.splits["train"].dtype or "uint8"
     pooled = report.splits["train"].image_sizes + report.splits["val"].image_sizes  # k-fold mixes the folders
     sizes = {}

@@ -24,14 +24,14 @@ SIZE = (32, 32)
 
 
 def write_dataset(root: Path, *, image, mask, suffix: str = ".png", mask_suffix: str = ".png", train: int = 6,
-                  val: int = 3, seed: int = 0) -> Path:  # fmt: skip
+                  val: int = 3, seed: int = 0, size: tuple[int, int] = SIZE) -> Path:  # fmt: skip
     """`image(rgb, labels)` and `mask(labels)` turn a generated RGB sample (labels 0..3) into the stored files."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
         for kind in ("images", "labels"):
             (root / split / kind).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            rgb, labels = make_sample(SIZE, rng)
+            rgb, labels = make_sample(size, rng)
             name = f"{split}_{index}"
             _write(root / split / "images" / f"{name}{suffix}", image(rgb, labels))
             _write(root / split / "labels" / f"{name}{mask_suffix}", mask(labels))

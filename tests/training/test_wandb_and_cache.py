@@ -87,7 +87,7 @@ def test_ram_cache_estimate_and_refusal(monkeypatch):
 
     assert RamCache.estimate_bytes(Counter({(360, 480): 10}), 3) == 10 * 360 * 480 * 4
     assert RamCache.estimate_bytes(Counter({(360, 480): 10}), 3, bytes_per_value=2) == 10 * 360 * 480 * 7
-    monkeypatch.setattr(preflight, "_available_memory", lambda: 10 * 2**30)
+    monkeypatch.setattr(preflight, "available_memory", lambda: 10 * 2**30)
     preflight.check_memory(6 * 2**30)  # fits in 70% of 10 GiB
     with pytest.raises(ConfigError, match="cache: ram needs about 8.0 GiB but only 10.0 GiB"):
         preflight.check_memory(8 * 2**30)

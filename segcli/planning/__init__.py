@@ -1,0 +1,1 @@
+"""`segcli plan`: measure a dataset (fingerprint), decide an experiment from it (rules, budget), write it."""

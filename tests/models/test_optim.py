@@ -1,0 +1,43 @@
+"""`scheduler.warmup_steps`: a linear warm-up from 1% of `lr`, then the named schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segcli.config.schema import SchedulerConfig
+from segcli.errors import ConfigError
+from segcli.models.optim import build_scheduler
+
+
+def _rates(cfg: SchedulerConfig, steps: int, lr: float = 0.1) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = build_scheduler(cfg, optimizer)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_warmup_rises_linearly_from_one_percent_then_hands_over_to_the_schedule():
+    cfg = SchedulerConfig(name="CosineAnnealingLR", params={"T_max": 6}, interval="step", warmup_steps=4)
+    rates = _rates(cfg, 10)
+    warmup = [0.1 * (0.01 + 0.99 * step / 4) for step in range(4)]  # 0.001, 0.02575, 0.0505, 0.07525
+    cosine = [0.05 * (1 + math.cos(math.pi * step / 6)) for step in range(6)]  # from the full lr down to 0
+    assert rates == pytest.approx(warmup + cosine, abs=1e-9)
+
+
+def test_no_warmup_is_the_schedule_itself():
+    cfg = SchedulerConfig(name="CosineAnnealingLR", params={"T_max": 4})
+    assert _rates(cfg, 4) == pytest.approx([0.05 * (1 + math.cos(math.pi * step / 4)) for step in range(4)])
+
+
+def test_warmup_before_reduce_on_plateau_is_refused():
+    cfg = SchedulerConfig(name="ReduceLROnPlateau", warmup_steps=3)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="scheduler.warmup_steps: .*remove warmup_steps"):
+        build_scheduler(cfg, optimizer)
