@@ -49,5 +49,5 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=3, cutoff=0.6)]
     if close:
         return "did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
-    shown = ", ".join(options[:30]) + (", ..." if len(options) > 30 else "")
+    shown = ", ".join(options[:40]) + (", ..." if len(options) > 40 else "")  # every experiment key fits
     return f"valid options: {shown}"

@@ -26,7 +26,8 @@ def split(values: dict[int, tuple[int, int]], *, masks: int, size=(192, 256), ch
     return SplitStats(
         pairs=masks, masks_read=masks, image_sizes=Counter({size: masks}), channels=Counter({channels: masks}),
         dtypes=Counter({dtype: masks}), max_value=max_value, binary_255_masks=binary_255,
-        channel_sums=[0.4 * masks] * channels, channel_squares=[0.2 * masks] * channels, sampled_pixels=masks,
+        channel_sums=[0.4 * masks] * channels, sampled_pixels=masks,
+        channel_products=[[0.2 * masks * (row == col) for col in range(channels)] for row in range(channels)],
         value_pixels={v: p for v, (p, _) in values.items()}, bad_values={v: [m, []] for v, (_, m) in values.items()},
         value_image_pixels={v: m * size[0] * size[1] for v, (_, m) in values.items()},
     )  # fmt: skip
