@@ -5,6 +5,7 @@ Light by design (typer, rich and the standard library): every command module imp
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from enum import Enum
@@ -298,3 +299,20 @@ def resize_note(resize: str | None, info) -> str | None:
     height, width = info.resize
     return (f"running the model at {width}x{height}, the size it was trained at (its val_transforms resize to it); "
             "--resize none runs it at each image's own size")  # fmt: skip
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    """`2h`, `90m`, `45min`, `1h30m`, `45s` or plain seconds -> seconds; a mistake names `option`."""
+    if text is None:
+        return None
+    from segcli.errors import ConfigError
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
+                         text.lower())  # fmt: skip
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ConfigError(f"{option} {text}: write a duration such as 2h, 90m, 1h30m or 600s")
+    hours, minutes, secs = (float(value) if value else 0.0 for value in match.groups())
+    seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ConfigError(f"{option} {text}: the duration must be positive")
+    return seconds

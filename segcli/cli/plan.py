@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segcli.cli.common import ClassesOpt, JsonOpt, stdout_console
+from segcli.cli.common import ClassesOpt, JsonOpt, parse_duration, stdout_console
 
 
 class Device(str, Enum):
@@ -27,18 +27,7 @@ class Domain(str, Enum):
     medical = "medical"
 
 
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
 _BYTES = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_budget(text: str) -> float:
-    """'30m', '2h', '1h30m', '90s', '45min' -> seconds."""
-    from segcli.errors import ConfigError
-
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(min|h|m|s)", text.strip().lower())
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(min|h|m|s)", "", text.strip().lower()).strip():
-        raise ConfigError(f"--budget {text}: write a duration such as 30m, 2h, 1h30m or 90s")
-    return sum(float(value) * _UNITS[unit] for value, unit in parts)
 
 
 def parse_memory(text: str) -> int | None:
@@ -112,7 +101,7 @@ def plan(
     from segcli.planning.planner import PlanRequest, plan_dataset
 
     request = PlanRequest(
-        dataset=root, name=experiment_name, budget_seconds=parse_budget(budget),
+        dataset=root, name=experiment_name, budget_seconds=parse_duration(budget, "--budget"),
         device=device.value if device else None, memory_bytes=parse_memory(memory), class_names=names,
         domain=None if domain is Domain.auto else domain.value, pretrained=pretrained, lr_test=lr_test,
     )  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +19,7 @@ from segcli.cli.common import (
     duration,
     epoch_line,
     fmt,
+    parse_duration,
     stdout_console,
     tracker_override,
 )
@@ -85,7 +85,7 @@ def tune(
     from segcli.training.workers import worker_devices
 
     env.load_env_file()
-    seconds = parse_duration(time_)
+    seconds = parse_duration(time_, "--time")
     options = TuneOptions(
         config_file=config, experiment_name=experiment, dataset=env.dataset_path(dataset),
         class_names=env.class_names(classes), output_dir=output_dir, study_name=study, storage=storage,
@@ -106,23 +106,6 @@ def tune(
         codes = run_workers(_worker, [(spec, device, label) for device, label in zip(devices, labels, strict=True)])
         code = max(codes, key=lambda value: (value == EXIT_INTERRUPTED, value != 0, value))
     _finish(spec, code)
-
-
-def parse_duration(text: str | None) -> float | None:
-    """`2h`, `90m`, `1h30m`, `45s` or plain seconds -> seconds."""
-    if text is None:
-        return None
-    from segcli.errors import ConfigError
-
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                         text.lower())  # fmt: skip
-    if not text.strip() or match is None or not any(match.groups()):
-        raise ConfigError(f"--time {text}: write a duration such as 2h, 90m, 1h30m or 600s")
-    hours, minutes, secs = (float(value) if value else 0.0 for value in match.groups())
-    seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise ConfigError(f"--time {text}: the duration must be positive")
-    return seconds
 
 
 # --- a worker: this process, or one of --workers N ---------------------------------------------------------

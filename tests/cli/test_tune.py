@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from segcli.cli.app import main
-from segcli.cli.tune import parse_duration
+from segcli.cli.common import parse_duration
 from tests.support import DEMO_CLASSES, wandb_run_groups
 
 EXPERIMENTS = """
@@ -84,7 +84,7 @@ def test_a_mistake_is_one_error_line_and_creates_nothing(search, args, fragment,
 
 
 def test_durations_read_as_people_write_them():
-    assert [parse_duration(text) for text in ("2h", "90m", "1h30m", "600s", "45", "1.5h", None)] == [
+    assert [parse_duration(text, "--time") for text in ("2h", "90m", "1h30m", "600s", "45", "1.5h", None)] == [
         7200, 5400, 5400, 600, 45, 5400, None,
     ]  # fmt: skip
 
