@@ -80,6 +80,9 @@ def preview_samples(
             markup=False,
         )
     channels = resolved.model.in_channels if resolved else report.splits[split].channels.most_common(1)[0][0]
+    never_scored = never_scored_label(ignore_index, len(class_names))
+    # Outside a region of interest is drawn as ignored, also without an ignore_index (the internal label then).
+    drawn_ignored = never_scored if any(pair.roi for pair in pairs) else ignore_index
     pipeline = None
     if augmented:
         from segcli.data.transforms import PixelStats, output_sizes, preview_pipeline
@@ -88,11 +91,12 @@ def preview_samples(
         scale = PixelStats(stats.max_pixel_value())
         where = f"experiment '{experiment}': train_transforms"
         pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed,
-                                    fill_label=never_scored_label(ignore_index, len(class_names)))  # fmt: skip
+                                    fill_label=never_scored)  # fmt: skip
         output_sizes(pipeline, where, stats.image_sizes, channels, stats.dtype or "uint8", tries=1)
     samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
-                           label_lookup=label_lookup(label_map), bands=parse_bands(bands))  # fmt: skip
-    save_image(output, render_grid(samples, class_names, ignore_index))
+                           label_lookup=label_lookup(label_map), never_scored=never_scored,
+                           bands=parse_bands(bands))  # fmt: skip
+    save_image(output, render_grid(samples, class_names, drawn_ignored))
     console = stdout_console()
     console.print(f"wrote {output} ({len(samples)} sample{'s' if len(samples) != 1 else ''} from {root}/{split})")
     if wandb:
@@ -105,7 +109,7 @@ def preview_samples(
             console.print("W&B is disabled (WANDB_MODE=disabled): nothing logged")
             return
         folder = tracker.folder
-        tracker.log_samples(f"samples/{split}", samples, class_names, ignore_index, step=0)
+        tracker.log_samples(f"samples/{split}", samples, class_names, drawn_ignored, step=0)
         tracker.close("success")
         if tracker.active:
             console.print(f"logged to W&B project {env.wandb_project()}: {folder}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcli.data.io import IMAGES, LABELS
+from segcli.data.io import IMAGES, LABELS, ROI
 from segcli.errors import DatasetError
 from segcli.files import write_text
 
@@ -256,16 +256,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segcli" / "dataset-checks"
 
 
-CACHE_VERSION = 6  # bumped when the report gains fields or files are read differently: old entries are recomputed
+CACHE_VERSION = 7  # bumped when the report gains fields or files are read differently: old entries are recomputed
 
 
-def fingerprint(root: Path, splits: Iterable[str], settings: list) -> str:
-    """Hash of the settings and every file's name, size and mtime: any change means a new check."""
+def fingerprint(root: Path, splits: Iterable[str], settings: list, roi: Path | None = None) -> str:
+    """Hash of the settings and every file's name, size and mtime (region masks in `roi`, by default each split's
+    roi/, included): any change means a new check."""
     splits = list(splits)
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), splits, settings]).encode())
     for split in splits:
-        for kind in (IMAGES, LABELS):
-            folder = root / split / kind
+        for kind in (IMAGES, LABELS, ROI):
+            folder = roi if kind == ROI and roi else root / split / kind
             if folder.is_dir():
                 for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                     stat = entry.stat()

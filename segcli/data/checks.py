@@ -100,7 +100,9 @@ def _inspect_pair(
     if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
         problems.append(Problem("mask-values", split, pair.mask.name, f"negative values (minimum {mask.min()})"))
         return result
-    counts = np.bincount(map_labels(mask, lookup).ravel(), minlength=num_classes)
+    inside = _inspect_roi(pair, split, image, mask, problems)
+    mapped = map_labels(mask, lookup)
+    counts = np.bincount((mapped if inside is None else mapped[inside]).ravel(), minlength=num_classes)
     bad = [int(v) for v in np.flatnonzero(counts[num_classes:]) + num_classes if v != ignore_index]
     if bad:
         detail = "values " + ", ".join(map(str, bad)) + f" outside the classes 0..{num_classes - 1}"
@@ -109,6 +111,35 @@ def _inspect_pair(
         problems.append(Problem("mask-values", split, pair.mask.name, detail))
     result.counts = counts
     return result
+
+
+def _inspect_roi(pair: Pair, split: str, image: np.ndarray | None, mask: np.ndarray, problems: list[Problem]):
+    """The pair's region mask as a boolean array (True inside, where the mask is scored), or None when it has none
+    or the region mask is unusable (a problem then says why)."""
+    if pair.roi is None:
+        return None
+    name = f"roi/{pair.roi.name}"
+    try:
+        roi = read_mask(pair.roi)
+    except (OSError, SyntaxError, ValueError) as exc:
+        problems.append(Problem("roi", split, name, f"cannot decode the region mask ({exc})"))
+        return None
+    reference = image if image is not None else mask
+    if roi.shape[:2] != reference.shape[:2]:
+        detail = (f"region mask is {roi.shape[1]}x{roi.shape[0]} but image is {reference.shape[1]}x"
+                  f"{reference.shape[0]} (WxH)")  # fmt: skip
+        problems.append(Problem("roi", split, name, detail))
+        return None
+    if roi.ndim == 3:
+        problems.append(Problem("roi", split, name, f"region mask has {roi.shape[2]} channels; save it as one"))
+        return None
+    values = np.unique(roi)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(map(str, values[:5].tolist())) + (", ..." if len(values) > 5 else "")
+        detail = f"region mask holds values {shown}: it must be binary, 0 outside and one other value inside"
+        problems.append(Problem("roi", split, name, detail))
+        return None
+    return roi != 0 if mask.shape == roi.shape else None
 
 
 def _inspect_all(
@@ -241,17 +272,19 @@ def check_dataset(
     on_total: Callable[[int], None] | None = None,
     on_pair: Callable[[], None] | None = None,
     label_map: dict[int, int] | None = None,
+    roi: Path | None = None,
 ) -> DatasetReport:
     """Read every image and mask once and collect every problem; `on_*` feed a progress bar.
 
-    `label_map` (stored value -> class) is applied to the masks before their values are checked.
+    `label_map` (stored value -> class) is applied to the masks before their values are checked, only inside each
+    image's region mask when the split has them (`roi`: their folder, by default <root>/<split>/roi/).
     """
     num_classes = len(class_names)
     report = DatasetReport(root, list(class_names), ignore_index, label_map=label_map)
     lookup = label_lookup(label_map)
     work: list[tuple[str, Pair]] = []
     for split in splits:
-        problems, pairs = layout_problems(root, split)
+        problems, pairs = layout_problems(root, split, roi)
         report.problems += problems + _jpeg_mask_warnings(split, pairs)
         report.splits[split] = SplitStats(pairs=len(pairs), class_pixels=[0] * num_classes)
         work += [(split, pair) for pair in pairs]
@@ -272,14 +305,15 @@ def check_dataset_cached(
     class_names: list[str],
     ignore_index: int | None = None,
     label_map: dict[int, int] | None = None,
+    roi: Path | None = None,
     **kwargs,
 ) -> DatasetReport:
     """check_dataset, reusing the stored report when no file changed since (train, evaluate, previews)."""
     splits = list(splits)
-    settings = [class_names, ignore_index, sorted((label_map or {}).items())]
-    key = fingerprint(root, splits, settings)
+    settings = [class_names, ignore_index, sorted((label_map or {}).items()), str(roi.resolve()) if roi else None]
+    key = fingerprint(root, splits, settings, roi)
     report = read_cached(key)
     if report is None:
-        report = check_dataset(root, splits, class_names, ignore_index, label_map=label_map, **kwargs)
+        report = check_dataset(root, splits, class_names, ignore_index, label_map=label_map, roi=roi, **kwargs)
         write_cached(key, report)
     return report

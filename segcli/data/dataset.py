@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from segcli.data.io import Pair, map_labels, read_image, read_mask
+from segcli.data.io import Pair, read_pair
 
 
 def derived_seed(*parts: int) -> int:
@@ -24,14 +24,16 @@ def derived_seed(*parts: int) -> int:
 
 
 class RamCache:
-    """A split decoded once into two flat shared-memory buffers (images, masks) that every worker reads.
+    """A split read once (as `read_pair` reads it) into two flat shared-memory buffers (images, masks) that every
+    worker reads.
 
     Two buffers rather than one tensor per file: a few shared segments, whatever the dataset size.
     """
 
-    def __init__(self, pairs: Sequence[Pair], in_channels: int, workers: int = 4):
+    def __init__(self, pairs: Sequence[Pair], in_channels: int, workers: int = 4, *,
+                 label_lookup: np.ndarray | None = None, never_scored: int = 255):  # fmt: skip
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            decoded = list(pool.map(lambda p: (read_image(p.image, in_channels), read_mask(p.mask)), pairs))
+            decoded = list(pool.map(lambda p: read_pair(p, in_channels, label_lookup, never_scored), pairs))
         self.image_shapes = [image.shape for image, _ in decoded]
         self.mask_shapes = [mask.shape for _, mask in decoded]
         image_dtype = np.result_type(*(image.dtype for image, _ in decoded)) if decoded else np.uint8
@@ -75,6 +77,7 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         cache: RamCache | None = None,
         label_lookup: np.ndarray | None = None,
+        never_scored: int = 255,
     ):
         self.pairs = list(pairs)
         self.transform = transform
@@ -83,18 +86,17 @@ class SegmentationDataset(Dataset):
         self.cache = cache
         self.label_lookup = label_lookup
         """`label_map` as a table (stored mask value -> class), applied before the transforms."""
+        self.never_scored = never_scored
+        """The label outside each pair's region of interest (`never_scored_label`)."""
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The pair before the transforms: the image at full depth, the mask with the label map applied."""
+        """The pair before the transforms, as `read_pair` reads it (the cache, when there is one, was read so)."""
         if self.cache is not None:
-            image, mask = self.cache.get(index)
-        else:
-            pair = self.pairs[index]
-            image, mask = read_image(pair.image, self.in_channels), read_mask(pair.mask)
-        return image, map_labels(mask, self.label_lookup)
+            return self.cache.get(index)
+        return read_pair(self.pairs[index], self.in_channels, self.label_lookup, self.never_scored)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)

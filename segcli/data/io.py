@@ -6,7 +6,8 @@ interleaved, integer or float, and every page (OpenCV reads at most 4 channels o
 mangles more). A multi-page TIFF is read as bands, one page each; it is never silently cut to its first
 page. GIF images go through Pillow, as the RGB colours their palette stands for (OpenCV gives 3 or 4
 channels depending on the file's transparency). Masks are read with Pillow, so a palette PNG's or GIF's
-indices are the labels.
+indices are the labels. A split may hold a region-of-interest mask per image (`roi/`, same stems): its zero
+pixels are neither trained on nor scored (`read_pair` gives them the never-scored label).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".pp
 TIFF_SUFFIXES = {".tif", ".tiff"}
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 GIF_SUFFIX, WEBP_SUFFIX = ".gif", ".webp"
-IMAGES, LABELS = "images", "labels"
+IMAGES, LABELS, ROI = "images", "labels", "roi"
 
 
 @dataclass(frozen=True)
 class Pair:
     image: Path
     mask: Path
+    roi: Path | None = None
+    """The region-of-interest mask (zero: outside, neither trained on nor scored), when the split has one."""
 
     @property
     def stem(self) -> str:
@@ -48,8 +51,8 @@ class Folder:
     subfolders: list[Path]  # nested folders: segcli reads one level only
 
 
-def scan_folder(root: Path, split: str, kind: str) -> Folder:
-    folder = root / split / kind
+def scan_folder(folder: Path) -> Folder:
+    """One folder's image files by stem (empty when the folder is missing)."""
     if not folder.is_dir():
         return Folder({}, [], [], [])
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -72,14 +75,19 @@ def scan_folder(root: Path, split: str, kind: str) -> Folder:
 
 def split_files(root: Path, split: str, kind: str) -> dict[str, Path]:
     """stem -> image file for one of <root>/<split>/{images,labels}; empty when the folder is missing."""
-    return scan_folder(root, split, kind).files
+    return scan_folder(root / split / kind).files
 
 
-def list_pairs(root: Path, split: str) -> list[Pair]:
-    """Image/mask pairs sharing a stem, sorted by stem (the dataset check reports the rest)."""
-    images = split_files(root, split, IMAGES)
-    masks = split_files(root, split, LABELS)
-    return [Pair(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+def list_pairs(root: Path, split: str, roi: Path | None = None) -> list[Pair]:
+    """Image/mask pairs sharing a stem, sorted by stem (the dataset check reports the rest), each with its region
+    mask from `roi` (a folder; by default <root>/<split>/roi/ when it exists)."""
+    return make_pairs(split_files(root, split, IMAGES), split_files(root, split, LABELS),
+                      scan_folder(roi).files if roi else split_files(root, split, ROI))  # fmt: skip
+
+
+def make_pairs(images: dict[str, Path], masks: dict[str, Path], rois: dict[str, Path]) -> list[Pair]:
+    """The pairs of stem -> file maps: stems with an image and a mask, sorted, with their region mask if any."""
+    return [Pair(images[stem], masks[stem], rois.get(stem)) for stem in sorted(images.keys() & masks.keys())]
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -210,6 +218,21 @@ def never_scored_label(ignore_index: int | None, classes: int) -> int:
     if ignore_index is not None:
         return ignore_index
     return 255 if classes <= 255 else MAX_LABEL
+
+
+def read_pair(pair: Pair, channels: int, lookup: np.ndarray | None, never_scored: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pair as trained on and scored: the image with the model's channels, the mask with the label map applied
+    and `never_scored` (see `never_scored_label`) outside the pair's region of interest."""
+    image, mask = read_image(pair.image, channels), map_labels(read_mask(pair.mask), lookup)
+    if pair.roi is None:
+        return image, mask
+    outside = read_mask(pair.roi) == 0
+    if outside.shape != mask.shape:  # the dataset check reports it; a file changed since cannot be scored
+        raise OSError(f"{pair.roi}: region mask is {outside.shape[1]}x{outside.shape[0]} but {pair.mask.name} is "
+                      f"{mask.shape[1]}x{mask.shape[0]} (WxH)")  # fmt: skip
+    mask = mask.astype(np.promote_types(mask.dtype, np.min_scalar_type(never_scored)))  # a copy
+    mask[outside] = never_scored
+    return image, mask
 
 
 def label_lookup(label_map: dict[int, int] | None) -> np.ndarray | None:

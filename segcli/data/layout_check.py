@@ -1,25 +1,28 @@
 """The dataset check's first step, for one split: its folder layout (a missing or misnamed folder, files that are
 not images, two files for one stem, sub-folders, images without masks and masks without images) and the
-image/mask pairs it finds. Reads names only, no pixels."""
+image/mask pairs it finds, each with its region mask when the split has a `roi/` folder (or one is given, e.g.
+`evaluate --roi DIR`), which must then hold one for every image. Reads names only, no pixels."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from segcli.data.check_report import NAMES_KEPT, WARNING, Problem
-from segcli.data.io import IMAGES, LABELS, Pair, scan_folder
+from segcli.data.io import IMAGES, LABELS, ROI, Pair, make_pairs, scan_folder
 
 
-def layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:
-    """The problems of `root/split`'s folders and files, and the image/mask pairs it holds."""
+def layout_problems(root: Path, split: str, roi: Path | None = None) -> tuple[list[Problem], list[Pair]]:
+    """The problems of `root/split`'s folders and files, and the image/mask pairs it holds; `roi`: the folder of
+    region masks (by default <root>/<split>/roi/, checked when it exists)."""
     if not (root / split).is_dir():
         return [Problem("missing-split", split, None, f"folder {root / split} does not exist")], []
     problems: list[Problem] = []
     files = {}
-    for kind in (IMAGES, LABELS):
-        if not (root / split / kind).is_dir():
+    folders = {IMAGES: root / split / IMAGES, LABELS: root / split / LABELS, ROI: roi or root / split / ROI}
+    for kind, path in folders.items():
+        if kind != ROI and not path.is_dir():
             problems.append(Problem("missing-split", split, None, _missing_folder(root / split, kind)))
-        folder = scan_folder(root, split, kind)
+        folder = scan_folder(path)
         files[kind] = folder.files
         for path in folder.not_images:
             detail = f"{kind}/{path.name} is not an image file (ignored)"
@@ -40,7 +43,12 @@ def layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:
         for stem in sorted(masks.keys() - images.keys()):
             name = masks[stem].name
             problems.append(Problem("mask-without-image", split, name, f"no images/{stem}.* for labels/{name}"))
-    pairs = [Pair(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
+        if folders[ROI].is_dir():
+            for stem in sorted(images.keys() - files[ROI].keys()):
+                name = images[stem].name
+                detail = f"no {folders[ROI]}/{stem}.* for images/{name}: every image needs its region mask"
+                problems.append(Problem("missing-roi", split, name, detail))
+    pairs = make_pairs(images, masks, files[ROI])
     if not images and not masks and not problems:
         problems.append(Problem("empty-split", split, None, f"{root / split} holds no images and no masks"))
     return problems, pairs
@@ -48,7 +56,7 @@ def layout_problems(root: Path, split: str) -> tuple[list[Problem], list[Pair]]:
 
 def _missing_folder(split_dir: Path, kind: str) -> str:
     """Name the folder that is there instead (masks/ for labels/, ...), so the fix is a rename."""
-    others = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in (IMAGES, LABELS))
+    others = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in (IMAGES, LABELS, ROI))
     detail = f"folder {split_dir / kind} does not exist"
     if others:
         detail += f"; found {', '.join(f'{name}/' for name in others)}: rename the one holding the {kind} to {kind}/"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segcli.data.io import Pair, map_labels, read_image, read_mask
+from segcli.data.io import Pair, read_pair
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
 
@@ -24,13 +24,14 @@ def load_samples(
     *,
     pipeline=None,
     label_lookup: np.ndarray | None = None,
+    never_scored: int = 255,
     bands: Sequence[int] | None = None,
 ) -> list[Sample]:
     """Read the pairs as displayable samples; with a pipeline (a `preview_pipeline`), after the
-    experiment's augmentations, so a person sees what the model sees."""
+    experiment's augmentations, so a person sees what the model sees; `never_scored` outside each region of interest."""
     samples = []
     for pair in pairs:
-        image, mask = read_image(pair.image, in_channels), map_labels(read_mask(pair.mask), label_lookup)
+        image, mask = read_pair(pair, in_channels, label_lookup, never_scored)
         if pipeline is not None:
             out = pipeline(image=image, mask=mask)
             image, mask = out["image"], np.asarray(out["mask"])

@@ -32,7 +32,7 @@ from segcli.data.io import Pair, label_lookup, list_pairs, never_scored_label
 from segcli.data.transforms import build_pipeline, preview_pipeline
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
-from segcli.errors import DatasetError
+from segcli.errors import ConfigError, DatasetError
 from segcli.files import json_number
 from segcli.inference.engine import InferenceOptions, InputWarnings, masks_from, same_size_batches
 from segcli.inference.loading import Predictor
@@ -127,11 +127,14 @@ class Evaluation:
         return document
 
 
-def split_pairs(predictor: Predictor, root: Path, split: str) -> list[Pair]:
-    """Check the split against the model's classes (as train does) and list its pairs in file order."""
+def split_pairs(predictor: Predictor, root: Path, split: str, roi: Path | None = None) -> list[Pair]:
+    """Check the split against the model's classes (as train does) and list its pairs in file order; `roi`: the
+    folder of region masks (by default the split's roi/, when it has one)."""
+    if roi is not None and not roi.is_dir():
+        raise ConfigError(f"--roi {roi}: no such folder; give the folder of region masks (same stems as the images)")
     info = predictor.info
     label_map = dict(info.label_map) if info.label_map else None
-    report = check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map)
+    report = check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map, roi=roi)
     advice = label_advice(report.splits[split], info)
     what = (f"split '{split}' of {root}, checked against the model's {len(info.class_names)} classes "
             f"(ignore_index {info.ignore_index}),")  # fmt: skip
@@ -141,7 +144,7 @@ def split_pairs(predictor: Predictor, root: Path, split: str) -> list[Pair]:
         raise DatasetError(f"split '{split}' of {root}: {advice}{listed}")
     report.require_clean(what)
     # In the order `predict <root>/<split>/images` reads them, so both batch the same images together.
-    pairs = sorted(list_pairs(root, split), key=lambda pair: pair.image)
+    pairs = sorted(list_pairs(root, split, roi), key=lambda pair: pair.image)
     if not pairs:
         raise DatasetError(f"split '{split}' of {root} has no image/mask pairs")
     return pairs
@@ -183,9 +186,11 @@ def evaluate_split(
     options: InferenceOptions,
     on_total: Callable[[int], None] | None = None,
     on_image: Callable[[], None] | None = None,
+    roi: Path | None = None,
 ) -> Evaluation:
-    """Check the split (as train does), predict every image and score the split as a whole and per image."""
-    pairs = split_pairs(predictor, root, split)
+    """Check the split (as train does), predict every image and score the split as a whole and per image (inside
+    the region masks in `roi`, by default the split's roi/ when it has one)."""
+    pairs = split_pairs(predictor, root, split, roi)
     if on_total:
         on_total(len(pairs))
     return evaluate_pairs(predictor, pairs, options, split, on_image)
@@ -209,7 +214,8 @@ def validation_dataset(info: ModelInfo, pairs: Sequence[Pair]) -> SegmentationDa
     never_scored = never_scored_label(info.ignore_index, len(info.class_names))
     pipeline = build_pipeline(specs, "the model's val_transforms", info.normalization, fill_label=never_scored)
     lookup = label_lookup(dict(info.label_map) if info.label_map else None)
-    return SegmentationDataset(pairs, pipeline, in_channels=info.in_channels, label_lookup=lookup)
+    return SegmentationDataset(pairs, pipeline, in_channels=info.in_channels, label_lookup=lookup,
+                               never_scored=never_scored)  # fmt: skip
 
 
 def evaluate_pairs(

@@ -11,11 +11,12 @@ from segcli.training.preflight import SPLITS, Plan
 
 def make_datasets(plan: Plan) -> dict[str, SegmentationDataset]:
     exp, channels = plan.experiment, plan.experiment.model.in_channels
+    reading = {"label_lookup": plan.label_lookup, "never_scored": plan.task.never_scored}
     datasets = {}
     for split in SPLITS:
-        cache = RamCache(plan.pairs[split], channels, plan.workers) if exp.cache == "ram" else None
+        cache = RamCache(plan.pairs[split], channels, plan.workers, **reading) if exp.cache == "ram" else None
         datasets[split] = SegmentationDataset(plan.pairs[split], plan.pipelines[split], in_channels=channels,
-                                              seed=exp.seed, cache=cache, label_lookup=plan.label_lookup)  # fmt: skip
+                                              seed=exp.seed, cache=cache, **reading)  # fmt: skip
     return datasets
 
 

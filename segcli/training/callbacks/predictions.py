@@ -32,7 +32,8 @@ class TrainSamples(pl.Callback):
             return  # a resumed run logged them in its first epoch
         plan = self.plan
         pairs = choose_pairs(plan.pairs["train"], SAMPLES_LOGGED, self.seed)
-        samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup)
+        samples = load_samples(pairs, plan.experiment.model.in_channels, label_lookup=plan.label_lookup,
+                               never_scored=plan.task.never_scored)  # fmt: skip
         self.trackers.log_samples(
             "samples/train", samples, plan.class_names, plan.task.never_scored, trainer.global_step
         )
@@ -73,7 +74,7 @@ class PredictionLogger(pl.Callback):
             _, mask = self.dataset[(0, index)]
             preview.set_random_seed(derived_seed(exp.seed, 0, index))
             shown = load_samples([self.dataset.pairs[index]], exp.model.in_channels, pipeline=preview,
-                                 label_lookup=plan.label_lookup)[0]  # fmt: skip
+                                 label_lookup=plan.label_lookup, never_scored=plan.task.never_scored)[0]  # fmt: skip
             samples[index] = Sample(shown.name, shown.image, mask.numpy().astype(np.int64))
         return samples
 
