@@ -58,10 +58,20 @@ def evaluate(
             "label map the model was trained with).",
         ),
     ] = None,
+    roi: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--roi",
+            metavar="DIR",
+            help="Score only inside the region masks in DIR (same stems as the images, zero: outside) instead of "
+            "the split's roi/ folder.",
+        ),
+    ] = None,
     gpu: GpuOpt = None,
     cpu: CpuOpt = False,
 ) -> None:
-    """Per-class IoU and Dice, mIoU, mDCC and pixel accuracy over a split (class names from the model)."""
+    """Per-class IoU and Dice, mIoU, mDCC and pixel accuracy over a split (class names from the model); with region
+    masks (the split's roi/ or --roi), only inside them."""
     from segcli.config import env
     from segcli.data.io import never_scored_label
     from segcli.devices import inference_device
@@ -76,7 +86,7 @@ def evaluate(
     if label_map is not None:
         predictor = predictor.with_label_map(parse_label_map(label_map))
     options = inference_options(batch_size, tile, overlap, tta, resize, predictor.info)
-    pairs = split_pairs(predictor, root, split)
+    pairs = split_pairs(predictor, root, split, roi)
     with ProgressReport(f"evaluating {split}", enabled=not json_output) as progress:
         progress.total(len(pairs))
         result = evaluate_pairs(predictor, pairs, options, split, progress.advance, keep_worst=worst or 0)

@@ -271,3 +271,35 @@ def test_camvid_train_export_predict_evaluate(camvid_mini, in_tmp_cwd):
     stored = torch.load(run_dir / "ckpt_best.pth", weights_only=True)["metrics"]["val/mIoU"]
     assert json.loads(mini.stdout)["mIoU"] == pytest.approx(stored, abs=1e-3)
     print(f"camvid-mini val: evaluate mIoU {json.loads(mini.stdout)['mIoU']:.4f}, training logged {stored:.4f}")
+
+
+# --- region-of-interest masks ----------------------------------------------------------------------
+
+ROI = [  # 0: outside (neither scored nor counted), 255: inside
+    np.array([[255, 255, 0, 0, 255, 255]] * 2 + [[255] * 6] * 2, np.uint8),
+    np.array([[0] * 6] * 2 + [[255] * 6] * 2, np.uint8),
+]
+
+
+def test_evaluate_scores_only_inside_the_region_masks_of_roi_or_of_the_roi_option(hand_dataset, tmp_path, capsys):
+    """Constant class c; 255 ignored. Inside the regions the targets are a 15 pixels, b 7, c 4 (a 15, b 11, c 16
+    without them): the class-b pixels atop image 0 and the top half of image 1 (all c) are outside and never
+    count. `--roi DIR` on the split without roi/ scores as the split with the same files in roi/."""
+    checkpoint = make_checkpoint(tmp_path / "c.pth", class_names=["a", "b", "c"], ignore_index=255, constant_class=2)
+    regions = tmp_path / "regions"
+    with_roi = Path(shutil.copytree(hand_dataset, tmp_path / "with_roi"))
+    for index, roi in enumerate(ROI):
+        write_png(regions / f"{index}.png", roi)
+        write_png(with_roi / "val" / "roi" / f"{index}.png", roi)
+    from_option = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset, "--roi", regions, "--json")
+    assert from_option.returncode == 0, from_option.stderr
+    from_folder = run_main(capsys, "evaluate", checkpoint, "--dataset", with_roi, "--json")
+    assert from_folder.returncode == 0, from_folder.stderr
+    document, folder_document = json.loads(from_option.stdout), json.loads(from_folder.stdout)
+    assert document["confusion_matrix"] == [[0, 0, 15], [0, 0, 7], [0, 0, 4]]
+    assert document["mIoU"] == pytest.approx(4 / 26 / 3)
+    assert {k: v for k, v in folder_document.items() if k != "dataset"} == {
+        k: v for k, v in document.items() if k != "dataset"
+    }
+    missing = run_main(capsys, "evaluate", checkpoint, "--dataset", hand_dataset, "--roi", tmp_path / "nowhere")
+    assert_user_error(missing, "--roi", "nowhere", "folder of region masks")
