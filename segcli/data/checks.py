@@ -122,22 +122,23 @@ def _inspect_roi(pair: Pair, split: str, image: np.ndarray | None, mask: np.ndar
     try:
         roi = read_mask(pair.roi)
     except (OSError, SyntaxError, ValueError) as exc:
-        problems.append(Problem("roi", split, name, f"cannot decode the region mask ({exc})"))
+        problems.append(Problem("unreadable-roi", split, name, f"cannot decode the region mask ({exc})"))
         return None
     reference = image if image is not None else mask
     if roi.shape[:2] != reference.shape[:2]:
         detail = (f"region mask is {roi.shape[1]}x{roi.shape[0]} but image is {reference.shape[1]}x"
                   f"{reference.shape[0]} (WxH)")  # fmt: skip
-        problems.append(Problem("roi", split, name, detail))
+        problems.append(Problem("roi-size-mismatch", split, name, detail))
         return None
     if roi.ndim == 3:
-        problems.append(Problem("roi", split, name, f"region mask has {roi.shape[2]} channels; save it as one"))
+        detail = f"region mask has {roi.shape[2]} channels; save it as one"
+        problems.append(Problem("roi-not-single-channel", split, name, detail))
         return None
     values = np.unique(roi)
     if len(values) > 2 or (len(values) == 2 and values[0] != 0):
         shown = ", ".join(map(str, values[:5].tolist())) + (", ..." if len(values) > 5 else "")
         detail = f"region mask holds values {shown}: it must be binary, 0 outside and one other value inside"
-        problems.append(Problem("roi", split, name, detail))
+        problems.append(Problem("roi-not-binary", split, name, detail))
         return None
     return roi != 0 if mask.shape == roi.shape else None
 

@@ -46,7 +46,7 @@ def layout_problems(root: Path, split: str, roi: Path | None = None) -> tuple[li
         if folders[ROI].is_dir():
             for stem in sorted(images.keys() - files[ROI].keys()):
                 name = images[stem].name
-                detail = f"no {folders[ROI]}/{stem}.* for images/{name}: every image needs its region mask"
+                detail = f"no {roi or ROI}/{stem}.* for images/{name}: every image needs its region mask"
                 problems.append(Problem("missing-roi", split, name, detail))
     pairs = make_pairs(images, masks, files[ROI])
     if not images and not masks and not problems:
