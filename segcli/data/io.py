@@ -43,7 +43,7 @@ class Pair:
 
 @dataclass
 class Folder:
-    """One of <root>/<split>/{images,labels}: image files by stem, and what does not pair."""
+    """One of <root>/<split>/{images,labels,roi}: image files by stem, and what does not pair."""
 
     files: dict[str, Path]
     not_images: list[Path]
@@ -74,7 +74,7 @@ def scan_folder(folder: Path) -> Folder:
 
 
 def split_files(root: Path, split: str, kind: str) -> dict[str, Path]:
-    """stem -> image file for one of <root>/<split>/{images,labels}; empty when the folder is missing."""
+    """stem -> image file for one of <root>/<split>/{images,labels,roi}; empty when the folder is missing."""
     return scan_folder(root / split / kind).files
 
 

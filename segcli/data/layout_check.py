@@ -19,10 +19,10 @@ def layout_problems(root: Path, split: str, roi: Path | None = None) -> tuple[li
     problems: list[Problem] = []
     files = {}
     folders = {IMAGES: root / split / IMAGES, LABELS: root / split / LABELS, ROI: roi or root / split / ROI}
-    for kind, path in folders.items():
-        if kind != ROI and not path.is_dir():
+    for kind, where in folders.items():
+        if kind != ROI and not where.is_dir():
             problems.append(Problem("missing-split", split, None, _missing_folder(root / split, kind)))
-        folder = scan_folder(path)
+        folder = scan_folder(where)
         files[kind] = folder.files
         for path in folder.not_images:
             detail = f"{kind}/{path.name} is not an image file (ignored)"

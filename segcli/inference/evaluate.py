@@ -131,7 +131,7 @@ def split_pairs(predictor: Predictor, root: Path, split: str, roi: Path | None =
     """Check the split against the model's classes (as train does) and list its pairs in file order; `roi`: the
     folder of region masks (by default the split's roi/, when it has one)."""
     if roi is not None and not roi.is_dir():
-        raise ConfigError(f"--roi {roi}: no such folder; give the folder of region masks (same stems as the images)")
+        raise ConfigError(f"--roi {roi}: not a folder; give the folder of region masks (same stems as the images)")
     info = predictor.info
     label_map = dict(info.label_map) if info.label_map else None
     report = check_dataset_cached(root, [split], info.class_names, info.ignore_index, label_map=label_map, roi=roi)
