@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -22,6 +23,14 @@ os.environ.update(
 )
 for variable in ("DATASET_PATH", "CLASS_NAMES", "WANDB_PROJECT", "WANDB_API_KEY"):
     os.environ.pop(variable, None)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A command run in-process loads its `.env` into os.environ, as the CLI does: no test sees another's
+    (a CLASS_NAMES of two classes left behind made later `plan` runs refuse their data)."""
+    with mock.patch.dict(os.environ):
+        yield
 
 
 @pytest.fixture(scope="session")

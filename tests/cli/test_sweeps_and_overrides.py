@@ -69,7 +69,7 @@ def test_dry_run_prints_the_resolved_experiment_model_and_normalisation(tiny_dat
     assert f"# run dry-experiment-lr{override_suffix({'lr': 0.0003, 'model.encoder_name': 'resnet18'})}" in (
         result.stdout
     )
-    assert "parameters, input height and width must be multiples of 32" in result.stdout
+    assert "parameters, batches padded to multiples of 32 (reflected; the padding is never scored)" in result.stdout
     assert "# normalisation: imagenet: (pixel / 255 - mean) / std" in result.stdout
     assert "8 train / 4 val pairs, uint8" in result.stdout
     assert not (in_tmp_cwd / "checkpoints").exists() and not (in_tmp_cwd / "wandb").exists()

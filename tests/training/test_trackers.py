@@ -292,14 +292,14 @@ def test_a_killed_run_resumes_its_mlflow_run_and_tensorboard_logs_each_epoch_onc
 def test_find_lr_logs_the_range_test_to_the_trackers_it_is_given(tiny_dataset, in_tmp_cwd):
     (in_tmp_cwd / "tiny.yaml").write_text(TINY)
     result = run_segcli("find-lr", "-c", "tiny.yaml", "-e", "exp", "--dataset", tiny_dataset, "--classes", DEMO_CLASSES,
-                        "--steps", "10", "--min-lr", "1e-5", "--tracker", "tensorboard", cwd=in_tmp_cwd)  # fmt: skip
-    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: no suggestion (10 steps of a tiny run)
+                        "--steps", "13", "--min-lr", "1e-5", "--tracker", "tensorboard", cwd=in_tmp_cwd)  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: no suggestion (13 steps of a tiny run)
     assert "Traceback" not in result.stderr and "warning" not in result.stderr, (
         result.stderr[-3000:] and not (in_tmp_cwd / "wandb").exists()
     )  # only the tracker asked for
     events = _tensorboard(in_tmp_cwd)
     rates = [scalar.value for scalar in events.Scalars("lr_finder/lr")]
-    assert len(rates) == len(events.Scalars("lr_finder/loss")) == 10
+    assert len(rates) == len(events.Scalars("lr_finder/loss")) == 13
     assert rates[0] == pytest.approx(1e-5, rel=1e-3) and rates == sorted(rates)
     assert "lr_finder/plot" in events.Tags()["images"]
     if result.returncode == 0:
