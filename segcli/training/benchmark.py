@@ -23,13 +23,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from segcli.artifacts.folders import RunDir, RunRecord
+from segcli.artifacts.folders import RunDir
 from segcli.config.schema import Experiment
 from segcli.files import BackgroundWriter
 from segcli.models.metrics import ConfusionMatrix, predictions
 from segcli.models.optim import build_optimizer
 from segcli.models.task import SegmentationTask
-from segcli.training.callbacks.checkpoints import RunCheckpoints
+from segcli.training.callbacks.checkpoints import TrainingState, WeightFiles
+from segcli.training.callbacks.history import EpochHistory
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, preflight
 from segcli.training.run import RunOptions, build_trainer, quiet_libraries, train
@@ -159,13 +160,12 @@ def _train_rate(plan: Plan, datasets, device, steps: int) -> tuple[float, Any]:
     writer = BackgroundWriter()
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = RunDir(Path(scratch))
-        checkpoints = RunCheckpoints(run_dir=run_dir, writer=writer, info=plan.info, run_name="benchmark",
-                                     record=RunRecord("benchmark"), monitor=exp.monitor,
-                                     state_every=exp.state_every_seconds)  # fmt: skip
+        history = EpochHistory(exp.monitor)  # the checkpoint callbacks of a run, at their epoch ends
+        weights = WeightFiles(history=history, run_dir=run_dir, writer=writer, info=plan.info, run_name="benchmark")
         trainer = build_trainer(
             plan,
             logger=CSVLogger(scratch),
-            callbacks=[checkpoints, timer],
+            callbacks=[history, weights, TrainingState(run_dir.state, exp.state_every_seconds), timer],
             progress=False,
             writer=writer,
             max_epochs=-1,

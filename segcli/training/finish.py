@@ -77,11 +77,12 @@ def worst_images(plan, run_dir, device, count: int, writer) -> Evaluation:
     return evaluation
 
 
-def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluation | None, step: int) -> None:
-    if checkpoints.best_matrix is not None:
-        stage = checkpoints.monitor.metric.split("/")[0]  # val, or val_ema: the monitored weights
-        title = f"{checkpoints.run_name}, {stage} at epoch {checkpoints.best_epoch} (best)"
-        picture = render_confusion_matrix(checkpoints.best_matrix, plan.class_names, title)
+def _log_to_trackers(trackers: Trackers, plan, history, run_name: str, evaluation: Evaluation | None,
+                     step: int) -> None:  # fmt: skip
+    if history.best_matrix is not None:
+        stage = history.monitor.metric.split("/")[0]  # val, or val_ema: the monitored weights
+        title = f"{run_name}, {stage} at epoch {history.best_epoch} (best)"
+        picture = render_confusion_matrix(history.best_matrix, plan.class_names, title)
         trackers.log_picture("val/confusion_matrix", picture, step)
     if evaluation is not None and evaluation.worst_samples:
         scores = {score.name: score for score in evaluation.per_image}
@@ -89,42 +90,42 @@ def _log_to_trackers(trackers: Trackers, plan, checkpoints, evaluation: Evaluati
                            plan.class_names, plan.task.never_scored, step)  # fmt: skip
 
 
-def finish_run(
-    plan, trainer, *, checkpoints, average, stop, trackers, run_dir, record, lead, options, run_seconds
-) -> TrainResult:
-    exp = plan.experiment
+def finish_run(plan, trainer, callbacks, *, trackers: Trackers, record, options, run_seconds) -> TrainResult:
+    """`callbacks`: the run's `RunCallbacks`; `record` its RunRecord, written last; `run_seconds` its time so far."""
+    exp, history, average, stop = plan.experiment, callbacks.history, callbacks.average, callbacks.stop
+    run_dir, writer = options.folder, callbacks.weights.writer
     average_metrics = dict(average.metrics) if average is not None else {}
     result = TrainResult(
         run_name=options.run_name,
         run_dir=run_dir.path,
         checkpoints={},
-        best_epoch=checkpoints.best_epoch,
-        best_metrics=checkpoints.best_metrics,
-        history=checkpoints.history,
+        best_epoch=history.best_epoch,
+        best_metrics=history.best_metrics,
+        history=history.history,
         epochs_run=trainer.current_epoch,
         stopped_early=any(isinstance(cb, EarlyStopping) and cb.stopped_epoch for cb in trainer.callbacks),
         seconds=0.0,
         parameters=sum(p.numel() for p in plan.task.model.parameters()),
         wandb_mode=None,
         average_metrics=average_metrics,
-        average_epochs=(average.first_epoch, checkpoints.history[-1]["epoch"]) if average_metrics else None,
+        average_epochs=(average.first_epoch, history.latest["epoch"]) if average_metrics else None,
         average_start=exp.average_start,
         interrupted=stop.requested,
-        primary=lead,
+        primary=trainer.is_global_zero,
     )
-    if not lead:
+    if not trainer.is_global_zero:
         return result
-    if checkpoints.report is not None:  # the curves, with the average's star, drawn while the worst images are found
-        checkpoints.report.submit(checkpoints, extra=average_metrics, final=True)
+    # the curves, with the average's star, drawn while the worst images are found
+    callbacks.report.submit(extra=average_metrics, final=True)
     evaluation = None
     count = exp.log_predictions.worst
     if count and run_dir.best.is_file() and not stop.requested:
-        evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, checkpoints.writer)
-    _log_to_trackers(trackers, plan, checkpoints, evaluation, trainer.global_step)
-    checkpoints.writer.wait()  # the worst images and the final pictures (a short run draws them only now)
+        evaluation = worst_images(plan, run_dir, trainer.strategy.root_device, count, writer)
+    _log_to_trackers(trackers, plan, history, options.run_name, evaluation, trainer.global_step)
+    writer.wait()  # the worst images and the final pictures (a short run draws them only now)
     # Written last, once the writer is idle: its per-epoch run.json can no longer land after this one.
     record.finished = not stop.requested
-    record.report = report_details(checkpoints, plan.class_names, average_metrics)
+    record.report = report_details(history, plan.class_names, average_metrics)
     record.seconds = result.seconds = run_seconds()
     record.write(run_dir)
     result.checkpoints = {path.name: path for path in run_dir.weights() if path.exists()}

@@ -80,6 +80,11 @@ def check_experiment(exp: Experiment, class_names: list[str]) -> None:
 def check_resume_state(state: Path, experiment: Experiment) -> tuple[int, int]:
     """The state file must come from a run of the same model. Returns the epochs and optimizer steps it completed."""
     saved = read_training_state(state)
+    if "EpochHistory" not in saved.get("callbacks", {}):  # a resume would silently start its history afresh
+        raise CheckpointError(
+            f"{state} was written by an older segcli that kept the history elsewhere; finish that run with the "
+            "segcli version that started it, or start it again with --overwrite"
+        )
     stored = Experiment.model_validate(saved["hyper_parameters"]["experiment"]).model
     if stored != experiment.model:
         raise CheckpointError(

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from segcli.artifacts.folders import RunDir, RunRecord, kfold_runs
 from segcli.drawing.charts import per_class_chart, results_chart
 from segcli.drawing.pictures import render_confusion_matrix
 from segcli.errors import ConfigError
-from segcli.files import BackgroundWriter, json_number, save_image, write_text
+from segcli.files import json_number, save_image, write_text
 
 HEADLINE = ("loss", "mIoU", "mDCC")
 
@@ -84,49 +83,6 @@ def write_report(summary: RunSummary, run_dir: RunDir, curves: bool = True, best
         save_image(run_dir.confusion_png, render_confusion_matrix(summary.best_matrix, summary.class_names, title))
 
 
-class RunReport:
-    """Queues the report's files after every epoch (the newest request replaces one not yet started).
-
-    Drawing costs about a second of CPU that training wants too (more on a busy machine), so the pictures
-    are redrawn at most every REDRAW_SECONDS (results.png, and the best epoch's pictures when it changed);
-    metrics.csv is written every epoch. The epoch training ends at (`last`) draws the best epoch's pictures
-    (when not drawn yet), while the weight average is fitted, and the end of training (`final`) results.png,
-    with the average's scores. A run shorter than REDRAW_SECONDS draws its pictures once, as it ends.
-    """
-
-    REDRAW_SECONDS = 30.0
-
-    def __init__(self, run_dir: RunDir, writer: BackgroundWriter, run_name: str, class_names: list[str]):
-        self.run_dir, self.writer, self.run_name, self.class_names = run_dir, writer, run_name, class_names
-        self._drawn = time.monotonic()
-        self._best_drawn: int | None = None
-
-    def submit(
-        self, checkpoints, extra: dict[str, float] | None = None, final: bool = False, last: bool = False
-    ) -> None:
-        summary = RunSummary(
-            run_name=self.run_name,
-            class_names=self.class_names,
-            rows=[dict(row) for row in checkpoints.history],
-            best_epoch=checkpoints.best_epoch,
-            monitor=checkpoints.monitor.metric,
-            best_matrix=checkpoints.best_matrix,
-            extra=dict(extra or {}),
-        )
-        self.writer.submit(self.run_dir.metrics_csv, lambda: self._write(summary, final, last))
-
-    def _write(self, summary: RunSummary, final: bool, last: bool) -> None:
-        """On the writer thread, which alone keeps what was drawn (a replaced request decides nothing)."""
-        now = time.monotonic()
-        curves = final or (not last and now - self._drawn >= self.REDRAW_SECONDS)
-        best = (curves or last) and summary.best_epoch != self._best_drawn
-        write_report(summary, self.run_dir, curves, best)
-        if curves:
-            self._drawn = now
-        if best:
-            self._best_drawn = summary.best_epoch
-
-
 def fold_reports(folder: Path) -> list[Path] | None:
     """The fold runs of a k-fold folder that have a report yet, in fold order; None for any other folder."""
     folds = kfold_runs(folder)
@@ -171,12 +127,12 @@ def read_report(folder: Path) -> RunSummary:
     )
 
 
-def report_details(checkpoints, class_names: list[str], extra: dict[str, float] | None = None) -> dict:
-    """What run.json keeps for `segcli report`: plain JSON (NaN as null)."""
+def report_details(history, class_names: list[str], extra: dict[str, float] | None = None) -> dict:
+    """What run.json keeps of an `EpochHistory` for `segcli report`: plain JSON (NaN as null)."""
     return json.loads(json.dumps({
         "class_names": class_names,
-        "best_epoch": checkpoints.best_epoch,
-        "monitor": checkpoints.monitor.metric,
-        "best_matrix": checkpoints.best_matrix,
+        "best_epoch": history.best_epoch,
+        "monitor": history.monitor.metric,
+        "best_matrix": history.best_matrix,
         "extra": {key: json_number(value) for key, value in (extra or {}).items()},
     }))  # fmt: skip

@@ -26,15 +26,16 @@ from segcli.devices import is_primary_process
 from segcli.errors import CheckpointError, ConfigError
 from segcli.files import BackgroundWriter
 from segcli.training.callbacks.averaging import EmaAverage, SwaAverage
-from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO, RunCheckpoints
+from segcli.training.callbacks.checkpoints import BackgroundCheckpointIO, TrainingState, WeightFiles
+from segcli.training.callbacks.history import EpochHistory
 from segcli.training.callbacks.predictions import PredictionLogger, TrainSamples
 from segcli.training.callbacks.progress import EpochProgressBar
+from segcli.training.callbacks.report import RunRecordUpdates, RunReport
 from segcli.training.callbacks.rng import RngState
 from segcli.training.callbacks.stop import GracefulStop
 from segcli.training.finish import TrainResult, finish_run
 from segcli.training.loaders import make_datasets, make_loaders
 from segcli.training.preflight import Plan, check_resume_state, preflight
-from segcli.training.report import RunReport
 from segcli.training.trackers import TrackedRun, Trackers, require_extras
 
 
@@ -142,7 +143,7 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
             "logger": logger,
             "callbacks": [*callbacks, *([EpochProgressBar()] if progress else [])],
             "plugins": [BackgroundCheckpointIO(writer)],
-            "enable_checkpointing": True,  # RunCheckpoints is the checkpoint callback
+            "enable_checkpointing": True,  # segcli's own checkpoint callbacks (no ModelCheckpoint)
             "enable_model_summary": False,
             "enable_progress_bar": progress,
             "log_every_n_steps": max(1, min(50, len(plan.pairs["train"]) // exp.batch_size)),
@@ -159,26 +160,37 @@ def build_trainer(plan: Plan, *, logger, callbacks: list, progress: bool, writer
     )
 
 
+@dataclass
+class RunCallbacks:
+    """The callbacks `train` gives Lightning, and those `finish_run` reads once training ends."""
+
+    all: list[pl.Callback]
+    history: EpochHistory
+    weights: WeightFiles
+    report: RunReport
+    stop: GracefulStop
+    average: SwaAverage | None
+
+
 def _callbacks(
     plan: Plan, options: RunOptions, run_dir: RunDir, writer: BackgroundWriter, record: RunRecord, datasets,
     trackers: Trackers, run_seconds: Callable[[], float],
-) -> tuple[list[pl.Callback], RunCheckpoints, GracefulStop, SwaAverage | None]:  # fmt: skip
+) -> RunCallbacks:  # fmt: skip
     exp = plan.experiment
     ema = EmaAverage(exp.ema.decay, exp.ema.warmup_steps) if exp.ema else None
-    report = RunReport(run_dir, writer, options.run_name, plan.class_names)
-    max_epochs = exp.max_epochs
-    on_epoch = options.on_epoch
-    checkpoints = RunCheckpoints(
-        run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name, record=record,
-        monitor=exp.monitor, ema=ema, report=report, sync=trackers.sync_file,
-        on_epoch=(lambda row, trainer: on_epoch(row, max_epochs)) if on_epoch else None,
-        state_every=exp.state_every_seconds, run_seconds=run_seconds,
-    )  # fmt: skip
+    on_epoch, max_epochs = options.on_epoch, exp.max_epochs
+    history = EpochHistory(exp.monitor, ema, on_row=(lambda row: on_epoch(row, max_epochs)) if on_epoch else None)
+    weights = WeightFiles(history=history, run_dir=run_dir, writer=writer, info=plan.info, run_name=options.run_name,
+                          ema=ema, sync=trackers.sync_file)  # fmt: skip
+    report = RunReport(history, run_dir, writer, options.run_name, plan.class_names)
+    # Lightning runs the checkpoint callbacks last, in this order; see callbacks/history.py.
+    at_epoch_end = [history, weights, report, TrainingState(run_dir.state, exp.state_every_seconds),
+                    RunRecordUpdates(history, record, run_dir, writer, plan.class_names, run_seconds)]  # fmt: skip
     stop = GracefulStop(options.on_stop_request)
-    callbacks: list[pl.Callback] = [stop, RngState(), checkpoints, *([ema] if ema else [])]
+    callbacks: list[pl.Callback] = [stop, RngState(), *at_epoch_end, *([ema] if ema else [])]
     average = None
     if exp.average_start is not None:
-        average = SwaAverage(exp.average_start, exp.average.bn_batches, on_ready=checkpoints.write_average)
+        average = SwaAverage(exp.average_start, exp.average.bn_batches, on_ready=weights.write_average)
         callbacks.append(average)
     if exp.early_stopping:
         cfg = exp.early_stopping
@@ -188,7 +200,7 @@ def _callbacks(
         callbacks.append(TrainSamples(plan, trackers, seed=exp.seed))
         if exp.log_predictions.count:
             callbacks.append(PredictionLogger(plan, datasets["val"], trackers))
-    return [*callbacks, *options.extra_callbacks], checkpoints, stop, average
+    return RunCallbacks([*callbacks, *options.extra_callbacks], history, weights, report, stop, average)
 
 
 def train(experiment: Experiment, options: RunOptions) -> TrainResult:
@@ -233,15 +245,13 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
             record.write(run_dir)
         datasets = make_datasets(plan)
         loaders = make_loaders(plan, datasets, epoch=epochs_done)
-        callbacks, checkpoints, stop, average = _callbacks(plan, options, run_dir, writer, record, datasets, trackers,
-                                                           run_seconds)  # fmt: skip
-        trainer = build_trainer(plan, logger=trackers.all, callbacks=callbacks, progress=options.progress,
+        callbacks = _callbacks(plan, options, run_dir, writer, record, datasets, trackers, run_seconds)
+        trainer = build_trainer(plan, logger=trackers.all, callbacks=callbacks.all, progress=options.progress,
                                 writer=writer, default_root_dir=options.output_dir)  # fmt: skip
-        with stop:
+        with callbacks.stop:
             trainer.fit(plan.task, loaders["train"], loaders["val"], ckpt_path=resume_from, weights_only=True)
         writer.wait()
-        result = finish_run(plan, trainer, checkpoints=checkpoints, average=average, stop=stop, trackers=trackers,
-                            run_dir=run_dir, record=record, lead=lead, options=options,
+        result = finish_run(plan, trainer, callbacks, trackers=trackers, record=record, options=options,
                             run_seconds=run_seconds)  # fmt: skip
     except BaseException:
         writer.close(raise_failure=False)  # the error on its way out is the one to report

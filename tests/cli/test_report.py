@@ -134,12 +134,12 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
 
     from segcli.artifacts.folders import RunDir
     from segcli.files import BackgroundWriter
-    from segcli.training.report import RunReport
+    from segcli.training.callbacks.report import RunReport
 
     names = ["a", "b"]
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
-    report = RunReport(run_dir, writer, "r", names)
     state = SimpleNamespace(history=[], best_epoch=None, monitor=SimpleNamespace(metric="val/mIoU"), best_matrix=None)
+    report = RunReport(state, run_dir, writer, "r", names)
     pictures = (run_dir.results_png, run_dir.per_class_png, run_dir.confusion_png)
 
     def epoch(number: int, best: bool, final: bool = False, last: bool = False) -> set[str]:
@@ -149,7 +149,7 @@ def test_training_redraws_pictures_only_when_time_has_passed(tmp_path):
                               "val/IoU/a": 0.5, "val/IoU/b": 0.5})  # fmt: skip
         if best:
             state.best_epoch, state.best_matrix = number, [[5, 1], [2, 7]]
-        report.submit(state, final=final, last=last)
+        report.submit(final=final, last=last)
         writer.wait()
         return {path.name for path in (run_dir.metrics_csv, *pictures) if path.exists()}
 

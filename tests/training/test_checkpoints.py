@@ -1,4 +1,4 @@
-"""RunCheckpoints with a stand-in trainer: best/latest semantics, shared files, metadata, run record."""
+"""The epoch-end callbacks with a stand-in trainer: best/latest semantics, shared files, metadata, run record."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def task():
 
 
 def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool = False):
-    """What RunCheckpoints reads from Lightning's trainer at the end of an epoch (0-based current_epoch)."""
+    """What the epoch-end callbacks read from Lightning's trainer at the end of an epoch (0-based current_epoch)."""
     metrics = {"val/mIoU": torch.tensor(miou), "val/loss": torch.tensor(1.0), "train/mIoU": torch.tensor(0.9)}
     saved = []
     return SimpleNamespace(
@@ -44,13 +44,33 @@ def _trainer(epoch: int, miou: float, max_epochs: int = 1000, should_stop: bool 
     )
 
 
-def _callback(task, run_dir: RunDir, writer: BackgroundWriter, monitor: str = "val/mIoU", state_every: float = 0.0):
-    from segcli.artifacts.model_info import ModelInfo
-    from segcli.training.callbacks.checkpoints import RunCheckpoints
+class EpochEnd:
+    """The checkpoint callbacks `train` gives Lightning, called in its order at an epoch's end."""
 
-    info = ModelInfo("unet", "resnet18", 3, 3, CLASSES, None, IMAGENET, 32)
-    return RunCheckpoints(run_dir=run_dir, writer=writer, info=info, run_name="my-run", record=RunRecord("my-run"),
-                          monitor=MonitorConfig(metric=monitor), state_every=state_every)  # fmt: skip
+    def __init__(self, run_dir: RunDir, writer: BackgroundWriter, monitor: str, state_every: float):
+        from segcli.artifacts.model_info import ModelInfo
+        from segcli.training.callbacks.checkpoints import TrainingState, WeightFiles
+        from segcli.training.callbacks.history import EpochHistory
+        from segcli.training.callbacks.report import RunRecordUpdates, RunReport
+
+        info = ModelInfo("unet", "resnet18", 3, 3, CLASSES, None, IMAGENET, 32)
+        self.history = EpochHistory(MonitorConfig(metric=monitor))
+        self.report = RunReport(self.history, run_dir, writer, "my-run", CLASSES)
+        self.callbacks = [
+            self.history,
+            WeightFiles(history=self.history, run_dir=run_dir, writer=writer, info=info, run_name="my-run"),
+            self.report,
+            TrainingState(run_dir.state, state_every),
+            RunRecordUpdates(self.history, RunRecord("my-run"), run_dir, writer, CLASSES, lambda: 1.0),
+        ]
+
+    def on_train_epoch_end(self, trainer, task) -> None:
+        for callback in self.callbacks:
+            callback.on_train_epoch_end(trainer, task)
+
+
+def _callback(task, run_dir: RunDir, writer: BackgroundWriter, monitor: str = "val/mIoU", state_every: float = 0.0):
+    return EpochEnd(run_dir, writer, monitor, state_every)
 
 
 def _snapshot(module) -> dict[str, torch.Tensor]:
@@ -77,7 +97,7 @@ def test_best_and_latest(task, tmp_path):
     latest, best = read_checkpoint(run_dir.latest), read_checkpoint(run_dir.best)
     assert latest.epoch == 5 and best.epoch == 4  # 1-based; 0.7 beats 0.5, 0.4 and NaN never win
     assert best.metrics["val/mIoU"] == pytest.approx(0.7) and best.info.source["kind"] == "best"
-    assert callback.best_epoch == 4 and [row["epoch"] for row in callback.history] == [1, 2, 3, 4, 5]
+    assert callback.history.best_epoch == 4 and [row["epoch"] for row in callback.history.history] == [1, 2, 3, 4, 5]
     assert all(torch.equal(best.state_dict[k], states[3][k]) for k in states[3])
     assert all(torch.equal(latest.state_dict[k], states[4][k]) for k in states[4])
     record = RunRecord.read(run_dir)
@@ -98,7 +118,7 @@ def test_the_epoch_training_ends_at_leaves_its_pictures_to_the_final_report(task
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
     callback = _callback(task, run_dir, writer)
     requests = []
-    callback.report = SimpleNamespace(submit=lambda checkpoints, last: requests.append(last))
+    callback.report.submit = lambda last: requests.append(last)
     for epoch in range(3):
         callback.on_train_epoch_end(_trainer(epoch, 0.5, max_epochs=3), task)
     callback.on_train_epoch_end(_trainer(3, 0.5, max_epochs=10, should_stop=True), task)
@@ -116,7 +136,7 @@ def test_the_state_is_written_once_state_every_seconds_have_passed_and_at_the_ep
 
     assert task.experiment.state_every_seconds == 60.0  # README's default
     now = [1000.0]
-    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: now[0])  # the clock of TrainingState
     run_dir, writer = RunDir(tmp_path), BackgroundWriter()
     callback = _callback(task, run_dir, writer, state_every=60.0)
     saved = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segcli.config.schema import Experiment
 from tests.support import DEMO_CLASSES, run_segcli, wandb_history
 
 pytestmark = pytest.mark.slow
@@ -198,7 +199,7 @@ def test_between_states_a_kill_leaves_nothing_to_resume_and_the_last_epoch_alway
 
 def test_reduce_on_plateau_trains_and_halves_the_rate(clean_run):
     """ReduceLROnPlateau was refused as an "unknown scheduler" though the README documents it."""
-    history = _state(clean_run)["callbacks"]["RunCheckpoints"]["history"]
+    history = _state(clean_run)["callbacks"]["EpochHistory"]["history"]
     assert history[0]["lr"] == pytest.approx(0.001)
     assert any(row["lr"] < 0.001 for row in history)  # patience 0: the first worse val/loss halves it
 
@@ -315,3 +316,18 @@ def test_state_file_is_plain_data(config, tiny_dataset, in_tmp_cwd):
     state = torch.load(in_tmp_cwd / "out" / "checkpoints" / RUN / "state_latest.ckpt", weights_only=True)
     assert state["epoch"] == 0 and "optimizer_states" in state and state["hyper_parameters"]["experiment"]
     assert os.path.getsize(in_tmp_cwd / "out" / "checkpoints" / RUN / "run.json") > 0
+
+
+def test_a_state_whose_history_lives_elsewhere_is_refused(clean_run, tmp_path):
+    """A state written before the history had its own callback would resume with an empty history: refused."""
+    from segcli.errors import CheckpointError
+    from segcli.training.preflight import check_resume_state
+
+    state = _state(clean_run)
+    experiment = Experiment.model_validate(state["hyper_parameters"]["experiment"])
+    assert check_resume_state(clean_run / "checkpoints" / RUN / "state_latest.ckpt", experiment)[0] == 5
+    state["callbacks"]["RunCheckpoints"] = state["callbacks"].pop("EpochHistory")
+    older = tmp_path / "state_latest.ckpt"
+    torch.save(state, older)
+    with pytest.raises(CheckpointError, match="older segcli.*--overwrite"):
+        check_resume_state(older, experiment)
