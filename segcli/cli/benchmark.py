@@ -42,9 +42,8 @@ def benchmark(
     from segcli.config import env
     from segcli.config.schema import Experiment
 
-    env.load_env_file()
-    root = env.dataset_path(dataset)
-    class_names = env.class_names(classes)
+    inputs = env.data_inputs(dataset, classes)
+    root, class_names = inputs.dataset, inputs.class_names
     resolved = resolve_experiment_option(config, experiment)
     if resolved is not None:
         name = f"{config.stem}-{experiment}"

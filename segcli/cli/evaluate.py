@@ -80,8 +80,7 @@ def evaluate(
     from segcli.inference.evaluate import evaluate_pairs, split_pairs
     from segcli.inference.loading import open_models
 
-    env.load_env_file()
-    root = env.dataset_path(dataset)
+    root = env.dataset_input(dataset)  # the class names are the checkpoint's
     predictor = open_models(models, inference_device(gpu, cpu))
     if label_map is not None:
         predictor = predictor.with_label_map(parse_label_map(label_map))

@@ -39,11 +39,11 @@ def find_lr(
         os.environ.setdefault("TQDM_DISABLE", "1")  # Lightning's own progress bar, noise in a log file
     from segcli.training.lr_finder import find_learning_rate
 
-    env.load_env_file()
     names = tracker_override(tracker)
     resolved = resolve_experiment(load_experiment_file(config), experiment, config, {"tracker": names} if names else {})
+    inputs = env.data_inputs(dataset, classes)
     finding = find_learning_rate(
-        resolved, dataset=env.dataset_path(dataset), class_names=env.class_names(classes), name=experiment,
+        resolved, dataset=inputs.dataset, class_names=inputs.class_names, name=experiment,
         force_cpu=cpu, min_lr=min_lr, max_lr=max_lr, steps=steps, plot=output,
         trackers=resolved.trackers if names else None,
     )  # fmt: skip

@@ -89,9 +89,8 @@ def plan(
     from segcli.config import env
     from segcli.errors import ConfigError
 
-    env.load_env_file()
-    root = env.dataset_path(dataset)
-    names = env.class_names(classes) if classes is not None or env.has_class_names() else None
+    inputs = env.data_inputs(dataset, classes, required=False)
+    root, names = inputs.dataset, inputs.class_names
     experiment_name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-") or "plan"
     path = output or Path(f"{experiment_name}.yaml")
     if path.exists() and not overwrite:

@@ -19,7 +19,6 @@ from segcli.cli.common import (
     stderr_console,
     stdout_console,
 )
-from segcli.errors import ConfigError, DatasetError
 
 
 def preview_samples(
@@ -48,68 +47,31 @@ def preview_samples(
     """
     from segcli.config import env
     from segcli.data.check_report import format_problems
-    from segcli.data.checks import check_dataset_cached
-    from segcli.data.io import label_lookup, list_pairs, never_scored_label
-    from segcli.data.samples import choose_pairs, load_samples
+    from segcli.data.samples import preview_samples as preview
     from segcli.drawing.colours import parse_bands
     from segcli.drawing.pictures import render_grid
     from segcli.files import save_image
 
-    env.load_env_file()
-    root = env.dataset_path(dataset)
-    class_names = env.class_names(classes)
+    inputs = env.data_inputs(dataset, classes)
+    root, class_names = inputs.dataset, inputs.class_names
     resolved = resolve_experiment_option(config, experiment)
-    if augmented and resolved is None:
-        raise ConfigError(
-            "--augmented shows an experiment's train transforms: also pass --config FILE --experiment NAME"
-        )
-    label_map = resolved.label_map if resolved else None
-    if resolved is not None and ignore_index is None:
-        ignore_index = resolved.ignore_index
-
-    report = check_dataset_cached(root, [split], class_names, ignore_index, label_map=label_map)
-    pairs = list_pairs(root, split)
-    if not pairs:
-        raise DatasetError(
-            f"split '{split}' of {root} has no image/mask pairs to draw:\n{format_problems(report.errors)}"
-        )
-    if report.errors:
+    found = preview(root, split, class_names, resolved, experiment_name=experiment or "", ignore_index=ignore_index,
+                    count=count, seed=seed, augmented=augmented, bands=parse_bands(bands))  # fmt: skip
+    if found.report.errors:
         stderr_console().print(
-            f"warning: split '{split}' of {root} fails the dataset check ({len(report.errors)} problems); drawn "
-            f"anyway, values that are not classes in white:\n{format_problems(report.errors, limit=5)}",
+            f"warning: split '{split}' of {root} fails the dataset check ({len(found.report.errors)} problems); "
+            f"drawn anyway, values that are not classes in white:\n{format_problems(found.report.errors, limit=5)}",
             markup=False,
         )
-    channels = resolved.model.in_channels if resolved else report.splits[split].channels.most_common(1)[0][0]
-    never_scored = never_scored_label(ignore_index, len(class_names))
-    # Outside a region of interest is drawn as ignored, also without an ignore_index (the internal label then).
-    drawn_ignored = never_scored if any(pair.roi for pair in pairs) else ignore_index
-    pipeline = None
-    if augmented:
-        from segcli.data.transforms import PixelStats, output_sizes, preview_pipeline
-
-        stats = report.splits[split]
-        scale = PixelStats(stats.max_pixel_value())
-        where = f"experiment '{experiment}': train_transforms"
-        pipeline = preview_pipeline(resolved.train_transforms, where, scale.max_pixel_value, seed=seed,
-                                    fill_label=never_scored)  # fmt: skip
-        output_sizes(pipeline, where, stats.image_sizes, channels, stats.dtype or "uint8", tries=1)
-    samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
-                           label_lookup=label_lookup(label_map), never_scored=never_scored,
-                           bands=parse_bands(bands))  # fmt: skip
-    save_image(output, render_grid(samples, class_names, drawn_ignored))
+    save_image(output, render_grid(found.samples, class_names, found.ignored))
     console = stdout_console()
-    console.print(f"wrote {output} ({len(samples)} sample{'s' if len(samples) != 1 else ''} from {root}/{split})")
+    count = len(found.samples)
+    console.print(f"wrote {output} ({count} sample{'s' if count != 1 else ''} from {root}/{split})")
     if wandb:
-        from segcli.training.trackers import TrackedRun, WandbTracker
+        from segcli.training.trackers import WandbTracker
 
-        run = TrackedRun(name=f"preview-{split}", output_dir=Path("."), run_dir=Path("."), config={}, offline=offline,
-                         job_type="preview")  # fmt: skip
-        tracker = WandbTracker.start(run)
-        if tracker is None:
+        folder = WandbTracker.log_preview(split, found.samples, class_names, found.ignored, offline)
+        if folder is None:
             console.print("W&B is disabled (WANDB_MODE=disabled): nothing logged")
-            return
-        folder = tracker.folder
-        tracker.log_samples(f"samples/{split}", samples, class_names, drawn_ignored, step=0)
-        tracker.close("success")
-        if tracker.active:
+        elif folder:
             console.print(f"logged to W&B project {env.wandb_project()}: {folder}")

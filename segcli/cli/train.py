@@ -95,7 +95,6 @@ def train(
     from segcli.config.naming import run_name
     from segcli.errors import ConfigError
 
-    env.load_env_file()
     file = load_experiment_file(config)
     names = expand_experiments(file, experiment, config)
     overrides = parse_overrides(set_ or [])
@@ -107,8 +106,8 @@ def train(
         raise ConfigError(f"--folds-from {folds_from}: use `all` (train+val pooled) or `train`")
     if folds is not None and len(names) > 1:
         raise ConfigError("--folds trains one experiment K times; name one experiment")
-    dataset_root = env.dataset_path(dataset)
-    class_names = env.class_names(classes)
+    inputs = env.data_inputs(dataset, classes)
+    dataset_root, class_names = inputs.dataset, inputs.class_names
 
     from segcli.training.run import RunOptions
     from segcli.training.run import train as run_training
@@ -210,28 +209,22 @@ def _sweep(names: list[str], run_one, class_names: list[str]) -> None:
 def _print_dry_run(resolved: dict, options_for, show_warnings) -> None:
     import yaml
 
-    from segcli.data.transforms import describe_normalization
-    from segcli.training.preflight import preflight
-    from segcli.training.trackers import require_extras
+    from segcli.training.preflight import dry_run
 
     console = stdout_console()
     for name, experiment in resolved.items():
         options = options_for(name)
-        require_extras(experiment.trackers)
-        plan = preflight(experiment, dataset=options.dataset, class_names=options.class_names,
-                         experiment_name=name, force_cpu=options.force_cpu)  # fmt: skip
-        show_warnings(plan.report)
+        found = dry_run(experiment, dataset=options.dataset, class_names=options.class_names, experiment_name=name,
+                        force_cpu=options.force_cpu)  # fmt: skip
+        show_warnings(found.report)
         console.print(f"# run {options.run_name} -> {options.folder.path}")
         console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
-        parameters = sum(p.numel() for p in plan.task.model.parameters())
         console.print(
-            f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {parameters:,} parameters, "
-            f"batches padded to multiples of {plan.info.size_multiple} (reflected; the padding is never scored)"
+            f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {found.parameters:,} parameters, "
+            f"batches padded to multiples of {found.size_multiple} (reflected; the padding is never scored)"
         )
-        console.print(f"# normalisation: {describe_normalization(plan.normalization)}")
-        train = plan.report.splits["train"]
-        depth = f"{train.dtype}" + (f", {train.bits_used}-bit values" if train.bits_used else "")
+        console.print(f"# normalisation: {found.normalization}")
         console.print(
-            f"# data: {len(plan.pairs['train'])} train / {len(plan.pairs['val'])} val pairs, {depth}, "
-            f"{plan.accelerator} ({plan.devices}); every check passed"
+            f"# data: {found.pairs['train']} train / {found.pairs['val']} val pairs, {found.data_type}, "
+            f"{found.accelerator} ({found.devices}); every check passed"
         )

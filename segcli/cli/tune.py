@@ -84,11 +84,11 @@ def tune(
     from segcli.training.tune_results import TuneRecord
     from segcli.training.workers import worker_devices
 
-    env.load_env_file()
+    inputs = env.data_inputs(dataset, classes)
     seconds = parse_duration(time_, "--time")
     options = TuneOptions(
-        config_file=config, experiment_name=experiment, dataset=env.dataset_path(dataset),
-        class_names=env.class_names(classes), output_dir=output_dir, study_name=study, storage=storage,
+        config_file=config, experiment_name=experiment, dataset=inputs.dataset,
+        class_names=inputs.class_names, output_dir=output_dir, study_name=study, storage=storage,
         trials=trials if trials is not None or seconds is not None else DEFAULT_TRIALS, seconds=seconds,
         pruner=pruner, metric=metric, force_cpu=cpu, gpu=gpu, offline=offline, trackers=tracker_override(tracker),
         progress=sys.stderr.isatty() and workers == 1,

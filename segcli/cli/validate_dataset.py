@@ -48,17 +48,14 @@ def validate_dataset(
     from segcli.config import env
     from segcli.data.checks import check_dataset
 
-    env.load_env_file()
-    root = env.dataset_path(dataset)
     resolved = resolve_experiment_option(config, experiment)
-    label_map = None
+    label_map, count = None, None
     if resolved is not None:
         ignore_index = resolved.ignore_index if ignore_index is None else ignore_index
         label_map = resolved.label_map
-        if classes is None and not env.has_class_names():
-            count = 2 if resolved.model.classes == 1 else resolved.model.classes
-            classes = ",".join(f"class{index}" for index in range(count))
-    class_names = env.class_names(classes)
+        count = 2 if resolved.model.classes == 1 else resolved.model.classes
+    inputs = env.data_inputs(dataset, classes, default_count=count)
+    root, class_names = inputs.dataset, inputs.class_names
     splits = split or ["train", "val"]
     with ProgressReport("checking", enabled=not json_output, unit="pairs") as progress:
         report = check_dataset(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from segcli.errors import ConfigError
@@ -41,8 +42,10 @@ def load_env_file(path: Path | None = None) -> None:
             os.environ.setdefault(key, value)
 
 
-def dataset_path(option: Path | None) -> Path:
-    """--dataset, else DATASET_PATH; the folder must hold the train/val layout."""
+def dataset_input(option: Path | None) -> Path:
+    """`.env` loaded (never overriding the environment), then the dataset folder: --dataset, else DATASET_PATH.
+    The folder must exist."""
+    load_env_file()
     if option is None:
         value = os.environ.get("DATASET_PATH")
         if not value:
@@ -53,8 +56,26 @@ def dataset_path(option: Path | None) -> Path:
     return option
 
 
-def has_class_names() -> bool:
-    return bool(os.environ.get("CLASS_NAMES"))
+@dataclass(frozen=True)
+class DataInputs:
+    dataset: Path
+    class_names: list[str] | None
+    """None only where the command can do without them and neither --classes nor CLASS_NAMES names them."""
+
+
+def data_inputs(
+    dataset: Path | None, classes: str | None = None, *, required: bool = True, default_count: int | None = None
+) -> DataInputs:
+    """What every command that reads a dataset starts from: `.env` loaded (never overriding the environment), the
+    dataset folder (--dataset, else DATASET_PATH) and the class names (--classes, else CLASS_NAMES, else
+    `class0..` for `default_count` classes; else None, or an error when `required`)."""
+    root = dataset_input(dataset)
+    if classes is None and not os.environ.get("CLASS_NAMES"):
+        if default_count is not None:
+            return DataInputs(root, [f"class{index}" for index in range(default_count)])
+        if not required:
+            return DataInputs(root, None)
+    return DataInputs(root, class_names(classes))
 
 
 def class_names(option: str | None) -> list[str]:

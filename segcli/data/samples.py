@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from segcli.data.io import Pair, read_pair
+from segcli.config.schema import Experiment
+from segcli.data.check_report import DatasetReport, format_problems
+from segcli.data.checks import check_dataset_cached
+from segcli.data.io import Pair, label_lookup, list_pairs, never_scored_label, read_pair
 from segcli.drawing.colours import display_image
 from segcli.drawing.pictures import Sample
+from segcli.errors import ConfigError, DatasetError
 
 
 def choose_pairs(pairs: Sequence[Pair], count: int, seed: int) -> list[Pair]:
@@ -37,3 +43,49 @@ def load_samples(
             image, mask = out["image"], np.asarray(out["mask"])
         samples.append(Sample(pair.image.name, display_image(image, bands), mask))
     return samples
+
+
+@dataclass
+class Preview:
+    """Samples of one split as `preview-samples` draws them."""
+
+    samples: list[Sample]
+    ignored: int | None
+    """The label drawn as ignored: ignore_index, or the never-scored label outside regions of interest."""
+    report: DatasetReport
+    """The split's dataset check; a split that fails it is drawn anyway (values that are not classes in white)."""
+
+
+def preview_samples(root: Path, split: str, class_names: list[str], experiment: Experiment | None = None, *,
+                    experiment_name: str = "", ignore_index: int | None = None, count: int = 4, seed: int = 0,
+                    augmented: bool = False, bands: Sequence[int] | None = None) -> Preview:  # fmt: skip
+    """`count` seeded samples of `split`, read as training reads them (the experiment's channels, label map and
+    ignore_index, unless `ignore_index` is given); with `augmented`, through its train transforms."""
+    if augmented and experiment is None:
+        raise ConfigError(
+            "--augmented shows an experiment's train transforms: also pass --config FILE --experiment NAME"
+        )
+    label_map = experiment.label_map if experiment else None
+    if experiment is not None and ignore_index is None:
+        ignore_index = experiment.ignore_index
+    report = check_dataset_cached(root, [split], class_names, ignore_index, label_map=label_map)
+    pairs = list_pairs(root, split)
+    if not pairs:
+        raise DatasetError(
+            f"split '{split}' of {root} has no image/mask pairs to draw:\n{format_problems(report.errors)}"
+        )
+    stats = report.splits[split]
+    channels = experiment.model.in_channels if experiment else stats.channels.most_common(1)[0][0]
+    never_scored = never_scored_label(ignore_index, len(class_names))
+    pipeline = None
+    if augmented:
+        from segcli.data.transforms import PixelStats, output_sizes, preview_pipeline
+
+        where = f"experiment '{experiment_name}': train_transforms"
+        scale = PixelStats(stats.max_pixel_value()).max_pixel_value
+        pipeline = preview_pipeline(experiment.train_transforms, where, scale, seed=seed, fill_label=never_scored)
+        output_sizes(pipeline, where, stats.image_sizes, channels, stats.dtype or "uint8", tries=1)
+    samples = load_samples(choose_pairs(pairs, count, seed), channels, pipeline=pipeline,
+                           label_lookup=label_lookup(label_map), never_scored=never_scored, bands=bands)  # fmt: skip
+    # Outside a region of interest is drawn as ignored, also without an ignore_index (the internal label then).
+    return Preview(samples, never_scored if any(pair.roi for pair in pairs) else ignore_index, report)

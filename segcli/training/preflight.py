@@ -23,11 +23,19 @@ from segcli.data.checks import check_dataset_cached
 from segcli.data.dataset import RamCache
 from segcli.data.geometry import fixed_input_size
 from segcli.data.io import CHANNEL_CONVERSIONS, Pair, label_lookup, list_pairs
-from segcli.data.transforms import PixelStats, RareCrops, build_pipeline, output_sizes, resolve_normalization
+from segcli.data.transforms import (
+    PixelStats,
+    RareCrops,
+    build_pipeline,
+    describe_normalization,
+    output_sizes,
+    resolve_normalization,
+)
 from segcli.devices import select_devices
 from segcli.errors import CheckpointError, ConfigError, did_you_mean
 from segcli.models.metrics import logged_metric_keys
 from segcli.models.task import SegmentationTask
+from segcli.training.trackers import require_extras
 
 SPLITS = ("train", "val")
 
@@ -80,16 +88,16 @@ def check_experiment(exp: Experiment, class_names: list[str]) -> None:
 def check_resume_state(state: Path, experiment: Experiment) -> tuple[int, int]:
     """The state file must come from a run of the same model. Returns the epochs and optimizer steps it completed."""
     saved = read_training_state(state)
-    if "EpochHistory" not in saved.get("callbacks", {}):  # a resume would silently start its history afresh
-        raise CheckpointError(
-            f"{state} was written by an older segcli that kept the history elsewhere; finish that run with the "
-            "segcli version that started it, or start it again with --overwrite"
-        )
     stored = Experiment.model_validate(saved["hyper_parameters"]["experiment"]).model
     if stored != experiment.model:
         raise CheckpointError(
             f"{state} was trained with model {stored.model_dump()} but the experiment now says "
             f"{experiment.model.model_dump()}; resume with the same model block"
+        )
+    if "EpochHistory" not in saved.get("callbacks", {}):  # a resume would silently start its history afresh
+        raise CheckpointError(
+            f"{state} was written by an older segcli that kept the history elsewhere; finish that run with the "
+            "segcli version that started it, or start it again with --overwrite"
         )
     return saved["epoch"] + 1, saved["global_step"]  # saved at an epoch's end, under its 0-based index
 
@@ -234,3 +242,36 @@ def preflight(
         workers=exp.num_workers if exp.num_workers is not None else min(4, os.cpu_count() or 1),
         label_lookup=label_lookup(exp.label_map),
     )
+
+
+@dataclass
+class DryRun:
+    """What `train --dry-run` reports of one experiment: the checks' findings; nothing written or started."""
+
+    experiment: Experiment
+    report: DatasetReport
+    parameters: int
+    size_multiple: int
+    """Batches are padded to multiples of it (reflected; the padding is never scored)."""
+    normalization: str
+    pairs: dict[str, int]
+    data_type: str
+    """The training images' dtype, and their bit depth where it is narrower (12-bit values in uint16)."""
+    accelerator: str
+    devices: Any
+
+
+def dry_run(experiment: Experiment, *, dataset: Path, class_names: list[str], experiment_name: str,
+            force_cpu: bool = False) -> DryRun:  # fmt: skip
+    """Every check `train` makes before its first step, and nothing more."""
+    require_extras(experiment.trackers)
+    plan = preflight(experiment, dataset=dataset, class_names=class_names, experiment_name=experiment_name,
+                     force_cpu=force_cpu)  # fmt: skip
+    train = plan.report.splits["train"]
+    return DryRun(
+        experiment=experiment, report=plan.report, parameters=sum(p.numel() for p in plan.task.model.parameters()),
+        size_multiple=plan.info.size_multiple, normalization=describe_normalization(plan.normalization),
+        pairs={split: len(pairs) for split, pairs in plan.pairs.items()},
+        data_type=f"{train.dtype}" + (f", {train.bits_used}-bit values" if train.bits_used else ""),
+        accelerator=plan.accelerator, devices=plan.devices,
+    )  # fmt: skip

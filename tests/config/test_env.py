@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from segcli.config import env
 from segcli.data.check_report import cache_dir
 
@@ -36,3 +38,30 @@ def test_dataset_check_cache_default_folder(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "xdg" / "segcli" / "dataset-checks"
     monkeypatch.setenv("SEGCLI_CACHE_DIR", str(tmp_path / "own"))
     assert cache_dir() == tmp_path / "own"
+
+
+def test_every_dataset_command_resolves_its_inputs_in_one_order(tmp_path, monkeypatch):
+    """README: --dataset / --classes win over DATASET_PATH / CLASS_NAMES from the environment or .env;
+    validate-dataset with an experiment and no names at all calls its classes class0..; plan may go without."""
+    from segcli.errors import ConfigError
+
+    (tmp_path / "from-env").mkdir()
+    (tmp_path / "given").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for key in ("DATASET_PATH", "CLASS_NAMES"):
+        monkeypatch.delenv(key, raising=False)
+    assert env.data_inputs(tmp_path / "given", "a,b") == env.DataInputs(tmp_path / "given", ["a", "b"])
+    assert env.data_inputs(tmp_path / "given", default_count=3).class_names == ["class0", "class1", "class2"]
+    assert env.data_inputs(tmp_path / "given", required=False).class_names is None
+    with pytest.raises(ConfigError, match="no class names: pass --classes"):
+        env.data_inputs(tmp_path / "given")
+    with pytest.raises(ConfigError, match="no dataset: pass --dataset"):
+        env.data_inputs(None, "a,b")
+    (tmp_path / ".env").write_text(f"DATASET_PATH={tmp_path / 'from-env'}\nCLASS_NAMES=x, y\n")
+    inputs = env.data_inputs(None, required=False)
+    assert inputs == env.DataInputs(tmp_path / "from-env", ["x", "y"])
+    assert env.data_inputs(tmp_path / "given", "a,b", default_count=5).class_names == ["a", "b"]
+    with pytest.raises(ConfigError, match="missing does not exist"):
+        env.dataset_input(tmp_path / "missing")
+    for key in ("DATASET_PATH", "CLASS_NAMES"):  # written by load_env_file, outside monkeypatch's bookkeeping
+        monkeypatch.delenv(key)

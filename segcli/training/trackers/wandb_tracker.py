@@ -105,6 +105,20 @@ class WandbTracker(Tracker):
             log.warning("warning: W&B could not start online (%s); logging offline instead", one_line(exc))
             return cls(cls._logger(run, save_dir, "offline"), "offline")
 
+    @classmethod
+    def log_preview(cls, split: str, samples, class_names, ignored: int | None, offline: bool) -> str | None:
+        """`preview-samples --wandb`: the samples in a run of their own, preview-<split> (job type "preview"), under
+        `samples/<split>`. The run's folder; None when W&B is disabled, "" when logging failed (warned)."""
+        run = TrackedRun(name=f"preview-{split}", output_dir=Path("."), run_dir=Path("."), config={}, offline=offline,
+                         job_type="preview")  # fmt: skip
+        tracker = cls.start(run)
+        if tracker is None:
+            return None
+        folder = tracker.folder
+        tracker.log_samples(f"samples/{split}", samples, class_names, ignored, step=0)
+        tracker.close("success")
+        return folder if tracker.active else ""
+
     @staticmethod
     def _logger(run: TrackedRun, save_dir: Path, mode: str):
         """The run is started here, with W&B's public `wandb.init`, and handed to Lightning's logger."""
