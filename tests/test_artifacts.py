@@ -72,8 +72,8 @@ def test_a_failed_background_write_surfaces_as_the_same_error(tmp_path):
     writer.close()
 
 
-def test_version_1_checkpoints_still_load(tmp_path):
-    """Files written by segcli 0.1 (flat metadata, 0-based epoch) keep working for predict/evaluate/export."""
+def test_a_checkpoint_of_another_format_version_is_refused_with_the_fix(tmp_path):
+    """Files of the development format 1 (flat metadata, 0-based epoch) are named as such, not misread."""
     current = torch.load(make_checkpoint(tmp_path / "v2.pth"), weights_only=True)
     model = current["model"]
     old = {"format": "segcli-checkpoint", "format_version": 1, "kind": "best", "state_dict": current["state_dict"],
@@ -84,9 +84,9 @@ def test_version_1_checkpoints_still_load(tmp_path):
            "epoch": 2, "metrics": {"val/mIoU": 0.5}, "run_name": "old",
            "experiment": current["experiment"]}  # fmt: skip
     torch.save(old, tmp_path / "v1.pth")
-    checkpoint = read_checkpoint(tmp_path / "v1.pth")
-    assert checkpoint.epoch == 3 and checkpoint.info.class_names == TINY_CLASSES
-    assert checkpoint.info.normalization["max_pixel_value"] == 255.0
+    with pytest.raises(CheckpointError, match="format version 1, .* reads version 2: train the model again"):
+        read_checkpoint(tmp_path / "v1.pth")
+    assert read_checkpoint(tmp_path / "v2.pth").info.class_names == TINY_CLASSES
 
 
 def test_the_training_state_is_named_when_passed_as_a_model(tmp_path):

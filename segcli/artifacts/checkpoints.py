@@ -105,8 +105,11 @@ OLDER_SCORED_AS = {"average_model": "val_avg", "ema_model": "val_ema"}
 def read_checkpoint(path: Path) -> Checkpoint:
     """Read a segcli checkpoint safely; anything else is a clear error."""
     payload = load_tagged(path, CHECKPOINT_FORMAT, "segcli checkpoint", "expected a file written by `segcli train`")
-    if payload.get("format_version", 1) == 1:
-        payload = _from_version_1(payload)
+    if payload.get("format_version", 1) != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: a checkpoint of format version {payload.get('format_version', 1)}, written by a development "
+            f"version of segcli; this one reads version {CHECKPOINT_VERSION}: train the model again"
+        )
     kind = path.stem.removeprefix("ckpt_")
     try:
         info = ModelInfo.from_dict(payload["model"], path)
@@ -126,15 +129,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
               "epoch": checkpoint.epoch, "metric": checkpoint.metric}  # fmt: skip
     checkpoint.info = info.with_source(**source)
     return checkpoint
-
-
-def _from_version_1(payload: dict[str, Any]) -> dict[str, Any]:
-    """Files of segcli 0.1: flat model keys, 0-based epoch, mean/std normalisation over 0..255."""
-    keys = ("arch", "encoder_name", "in_channels", "classes", "class_names", "ignore_index", "size_multiple")
-    model = {key: payload.get(key) for key in keys}
-    model["model_params"] = payload.get("model_params") or {}
-    model["normalization"] = {"mode": "explicit", **payload.get("normalization", {}), "max_pixel_value": 255.0}
-    return {**payload, "model": model, "epoch": int(payload.get("epoch", 0)) + 1}
 
 
 def read_training_state(path: Path) -> dict[str, Any]:

@@ -44,6 +44,9 @@ def read_sidecar(path: Path) -> tuple[ModelInfo, str]:
         raise CheckpointError(f"{path}: not a segcli export sidecar (written by `segcli export-checkpoint`)")
     if data.get("export_format") not in EXPORT_FORMATS:
         raise CheckpointError(f"{path}: unknown export format {data.get('export_format')!r}")
-    if data.get("format_version", 1) == 1:
-        data = {**data, "normalization": {"mode": "explicit", **data["normalization"], "max_pixel_value": 255.0}}
+    if data.get("format_version", 1) != SIDECAR_VERSION:
+        raise CheckpointError(
+            f"{path}: a sidecar of format version {data.get('format_version', 1)}, written by a development version "
+            f"of segcli; this one reads version {SIDECAR_VERSION}: export the checkpoint again"
+        )
     return ModelInfo.from_dict(data, path), data["export_format"]

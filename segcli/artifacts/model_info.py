@@ -3,19 +3,45 @@ and parsed by one function."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from segcli.errors import CheckpointError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+PER_IMAGE_MODES = ("image", "min_max")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What it takes to rebuild and feed a model: stored in every checkpoint and every export's sidecar."""
+class Normalization(BaseModel):
+    """How pixels become model input, resolved once from the experiment's `normalize:`. imagenet, dataset and
+    explicit: `(pixel / max_pixel_value - mean) / std` per channel; per image (no mean/std): `image` rescales each
+    channel to mean 0, std 1, `min_max` the image's range to 0..1."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["imagenet", "dataset", "explicit", "image", "min_max"]
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    max_pixel_value: float = 255.0
+
+    @model_validator(mode="after")
+    def _mean_and_std_unless_per_image(self) -> Normalization:
+        if not self.per_image and (self.mean is None or self.std is None):
+            raise ValueError(f"normalization mode {self.mode} needs mean and std")
+        return self
+
+    @property
+    def per_image(self) -> bool:
+        return self.mode in PER_IMAGE_MODES
+
+
+class ModelInfo(BaseModel):
+    """What it takes to rebuild and feed a model: stored in every checkpoint and every export's sidecar (whose
+    other keys it ignores)."""
+
+    model_config = ConfigDict(frozen=True)
 
     arch: str
     encoder_name: str
@@ -23,10 +49,9 @@ class ModelInfo:
     classes: int
     class_names: list[str]
     ignore_index: int | None
-    normalization: dict[str, Any]
-    """`mode` (imagenet, dataset, explicit: `(pixel / max_pixel_value - mean) / std`; image, min_max: per image)."""
-    size_multiple: int
-    model_params: dict[str, Any] = field(default_factory=dict)
+    normalization: Normalization
+    size_multiple: int = 1
+    model_params: dict[str, Any] = {}
     label_map: list[list[int]] | None = None
     """[[stored value, class], ...] applied to masks before scoring (evaluate)."""
     input_size: list[int] | None = None
@@ -41,38 +66,23 @@ class ModelInfo:
     """The training images' dtype (uint8, uint16, float32, ...), from the dataset check."""
     image_scale: float | None = None
     """What the training images were divided by to reach 0..1: 255 for 8-bit, 4095 for 12-bit data, 1 for floats."""
-    source: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = {}
     """Where the weights came from: checkpoint path, kind, run name, epoch (1-based), metric."""
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: Path) -> ModelInfo:
+    def from_dict(cls, data: Any, where: Path) -> ModelInfo:
         try:
-            return cls(
-                arch=str(data["arch"]),
-                encoder_name=str(data["encoder_name"]),
-                in_channels=int(data["in_channels"]),
-                classes=int(data["classes"]),
-                class_names=[str(name) for name in data["class_names"]],
-                ignore_index=None if data.get("ignore_index") is None else int(data["ignore_index"]),
-                normalization=_normalization(data["normalization"]),
-                size_multiple=int(data.get("size_multiple") or 1),
-                model_params=dict(data.get("model_params") or {}),
-                label_map=[[int(a), int(b)] for a, b in data["label_map"]] if data.get("label_map") else None,
-                input_size=[int(v) for v in data["input_size"]] if data.get("input_size") else None,
-                val_transforms=_transforms(data["val_transforms"]) if data.get("val_transforms") is not None else None,
-                resize=[int(v) for v in data["resize"]] if data.get("resize") else None,
-                image_dtype=str(data["image_dtype"]) if data.get("image_dtype") else None,
-                image_scale=float(data["image_scale"]) if data.get("image_scale") else None,
-                source=dict(data.get("source") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where}: no valid model description ({exc!r})") from None
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            place = ".".join(str(part) for part in error["loc"]) or "model"
+            raise CheckpointError(f"{where}: no valid model description ({place}: {error['msg']})") from None
 
     def with_source(self, **source: Any) -> ModelInfo:
-        return ModelInfo(**{**asdict(self), "source": {**self.source, **source}})
+        return self.model_copy(update={"source": {**self.source, **source}})
 
     @property
     def binary(self) -> bool:
@@ -81,9 +91,8 @@ class ModelInfo:
 
     def sidecar(self) -> dict[str, Any]:
         """The model part of an export's sidecar: plain JSON data, plus how to feed the model."""
-        norm = self.normalization
-        if norm["mode"] in ("image", "min_max"):
-            recipe = f"per image: {norm['mode']} normalisation of each image (see normalization.mode)"
+        if self.normalization.per_image:
+            recipe = f"per image: {self.normalization.mode} normalisation of each image (see normalization.mode)"
         else:
             recipe = "(pixel / max_pixel_value - mean) / std per channel"
         resize = ""
@@ -112,15 +121,3 @@ class ModelInfo:
                 else "logits, one channel per class (softmax)",
             },
         }
-
-
-def _transforms(data: list[Any]) -> list[dict[str, Any]]:
-    return [{"name": str(item["name"]), "params": dict(item.get("params") or {})} for item in data]
-
-
-def _normalization(data: dict[str, Any]) -> dict[str, Any]:
-    mode = str(data.get("mode", "explicit"))
-    values = {key: None if data.get(key) is None else [float(v) for v in data[key]] for key in ("mean", "std")}
-    if mode not in ("image", "min_max") and (values["mean"] is None or values["std"] is None):
-        raise ValueError(f"normalization mode {mode} needs mean and std")
-    return {"mode": mode, **values, "max_pixel_value": float(data.get("max_pixel_value") or 255.0)}

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from albumentations.augmentations.crops.transforms import CropSizeError
 
+from segcli.artifacts.model_info import Normalization
 from segcli.config.schema import TransformSpec
 from segcli.data.transforms import build_pipeline, lookup_transform, preview_pipeline
 
@@ -63,7 +64,7 @@ def fixed_input_size(specs: Sequence[TransformSpec | dict[str, Any]], channels: 
     return [height, width] if outputs == {(height, width)} else None
 
 
-def input_pipeline(normalization: dict[str, Any], resize: Sequence[int] | None):
+def input_pipeline(normalization: Normalization, resize: Sequence[int] | None):
     """Images as inference feeds them to the model: training's own pipeline with the stored normalisation, and
     Albumentations' Resize to (height, width) when `resize` is given (no mask goes through it)."""
     specs = [TransformSpec(name="Resize", params={"height": resize[0], "width": resize[1]})] if resize else []

@@ -1,8 +1,8 @@
 """Transforms: experiment `{name, params}` entries -> one Albumentations Compose, and the normalisation.
 
-Normalisation has one source of truth, the experiment's `normalize:` key, resolved once into a plain
-dict (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_unit` applies
-it as the last image step of every pipeline, training's and inference's alike, always giving float32.
+Normalisation has one source of truth, the experiment's `normalize:` key, resolved once into a
+`Normalization` (`resolve_normalization`) that is stored in every checkpoint and export. `normalize_unit`
+applies it as the last image step of every pipeline, training's and inference's alike, always giving float32.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 from albumentations.augmentations.crops.transforms import CropSizeError
 from albumentations.pytorch import ToTensorV2
 
+from segcli.artifacts.model_info import PER_IMAGE_MODES, Normalization
 from segcli.config.schema import ExplicitNormalization, TransformSpec
 from segcli.errors import ConfigError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PER_IMAGE_MODES = ("image", "min_max")
 
 
 def snake_case(class_name: str) -> str:
@@ -127,22 +127,22 @@ def _per_channel(values: Sequence[float], channels: int, key: str) -> list[float
     raise ConfigError(f"normalize: {key} has {len(values)} values but model.in_channels is {channels}")
 
 
-def resolve_normalization(normalize: Any, in_channels: int, stats: PixelStats) -> dict[str, Any]:
-    """The experiment's `normalize` -> the stored form {mode, mean, std, max_pixel_value}."""
+def resolve_normalization(normalize: Any, in_channels: int, stats: PixelStats) -> Normalization:
+    """The experiment's `normalize` -> the stored form."""
     if isinstance(normalize, ExplicitNormalization):
-        return {
-            "mode": "explicit",
-            "mean": _per_channel(normalize.mean, in_channels, "mean"),
-            "std": _per_channel(normalize.std, in_channels, "std"),
-            "max_pixel_value": float(normalize.max_pixel_value or stats.max_pixel_value),
-        }
+        return Normalization(
+            mode="explicit",
+            mean=_per_channel(normalize.mean, in_channels, "mean"),
+            std=_per_channel(normalize.std, in_channels, "std"),
+            max_pixel_value=float(normalize.max_pixel_value or stats.max_pixel_value),
+        )
     if normalize in PER_IMAGE_MODES:
-        return {"mode": normalize, "mean": None, "std": None, "max_pixel_value": stats.max_pixel_value}
+        return Normalization(mode=normalize, max_pixel_value=stats.max_pixel_value)
     if normalize == "dataset":
         if stats.mean is None or stats.std is None:
             raise ConfigError("normalize: dataset needs the training images' statistics, and none were measured")
         std = [max(value, 1e-6) for value in stats.std]
-        return {"mode": "dataset", "mean": list(stats.mean), "std": std, "max_pixel_value": stats.max_pixel_value}
+        return Normalization(mode="dataset", mean=list(stats.mean), std=std, max_pixel_value=stats.max_pixel_value)
     if in_channels not in (1, 3):
         raise ConfigError(
             f"normalize: imagenet has values for RGB (or grey) images but model.in_channels is {in_channels}; "
@@ -150,7 +150,7 @@ def resolve_normalization(normalize: Any, in_channels: int, stats: PixelStats) -
         )
     mean = IMAGENET_MEAN if in_channels == 3 else [sum(IMAGENET_MEAN) / 3]
     std = IMAGENET_STD if in_channels == 3 else [sum(IMAGENET_STD) / 3]
-    return {"mode": "imagenet", "mean": list(mean), "std": list(std), "max_pixel_value": stats.max_pixel_value}
+    return Normalization(mode="imagenet", mean=list(mean), std=list(std), max_pixel_value=stats.max_pixel_value)
 
 
 def to_unit_range(image: np.ndarray, max_pixel_value: float) -> np.ndarray:
@@ -160,29 +160,29 @@ def to_unit_range(image: np.ndarray, max_pixel_value: float) -> np.ndarray:
     return np.multiply(image, np.float32(1.0 / max_pixel_value), dtype=np.float32)
 
 
-def normalize_unit(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+def normalize_unit(image: np.ndarray, spec: Normalization) -> np.ndarray:
     """A `to_unit_range` image (after augmentation) -> float32 model input, exactly as `spec` says."""
     pixels = np.multiply(image, np.float32(1 / 255), dtype=np.float32) if image.dtype == np.uint8 else image
-    if spec["mode"] == "image":  # per image and channel: zero mean, unit variance
+    if spec.mode == "image":  # per image and channel: zero mean, unit variance
         mean = pixels.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
         std = np.maximum(pixels.std(axis=(0, 1), dtype=np.float64), 1e-6).astype(np.float32)
         return (pixels - mean) / std
-    if spec["mode"] == "min_max":  # per image: 0..1 over all channels (keeps colour ratios)
+    if spec.mode == "min_max":  # per image: 0..1 over all channels (keeps colour ratios)
         low, high = float(pixels.min()), float(pixels.max())
         return ((pixels - np.float32(low)) / np.float32(max(high - low, 1e-6))).astype(np.float32)
-    std = np.asarray(spec["std"], np.float32)
-    out = pixels - np.asarray(spec["mean"], np.float32)
+    std = np.asarray(spec.std, np.float32)
+    out = pixels - np.asarray(spec.mean, np.float32)
     out /= std
     return out
 
 
-def describe_normalization(spec: dict[str, Any]) -> str:
+def describe_normalization(spec: Normalization) -> str:
     """One line for --dry-run and summaries."""
-    if spec["mode"] in PER_IMAGE_MODES:
-        what = "each channel to mean 0, std 1" if spec["mode"] == "image" else "its range to 0..1"
-        return f"{spec['mode']}: every image rescales {what}"
-    values = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(spec["mean"], spec["std"], strict=True))
-    return f"{spec['mode']}: (pixel / {spec['max_pixel_value']:g} - mean) / std, mean/std per channel {values}"
+    if spec.per_image:
+        what = "each channel to mean 0, std 1" if spec.mode == "image" else "its range to 0..1"
+        return f"{spec.mode}: every image rescales {what}"
+    values = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(spec.mean, spec.std, strict=True))
+    return f"{spec.mode}: (pixel / {spec.max_pixel_value:g} - mean) / std, mean/std per channel {values}"
 
 
 class UnitRange(A.ImageOnlyTransform):
@@ -196,10 +196,10 @@ class UnitRange(A.ImageOnlyTransform):
         return to_unit_range(img, self.max_pixel_value)
 
 
-class Normalization(A.ImageOnlyTransform):
+class NormalizeInput(A.ImageOnlyTransform):
     """Last image step of the training pipelines: `normalize_unit`, the same code inference uses."""
 
-    def __init__(self, normalization: dict[str, Any]) -> None:
+    def __init__(self, normalization: Normalization) -> None:
         super().__init__(p=1.0)
         self.normalization = normalization
 
@@ -243,7 +243,7 @@ class RareCrops:
 
 
 def build_pipeline(
-    specs: Sequence[TransformSpec], where: str, normalization: dict[str, Any], seed: int | None = None, *,
+    specs: Sequence[TransformSpec], where: str, normalization: Normalization, seed: int | None = None, *,
     fill_label: int, rare_crops: RareCrops | None = None,
 ):  # fmt: skip
     """Compose: pixels to 0..1 (8-bit stays uint8), the listed transforms, the normalisation, tensors.
@@ -255,7 +255,7 @@ def build_pipeline(
     listed = _listed(specs, where, fill_label)
     if rare_crops is not None:
         listed = _with_rare_class_crops(listed, rare_crops, where)
-    steps = [UnitRange(normalization["max_pixel_value"]), *listed, Normalization(normalization), ToTensorV2()]
+    steps = [UnitRange(normalization.max_pixel_value), *listed, NormalizeInput(normalization), ToTensorV2()]
     return A.Compose(steps, seed=seed)
 
 

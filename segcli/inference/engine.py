@@ -26,7 +26,6 @@ import torch
 
 from segcli.artifacts.model_info import ModelInfo
 from segcli.data.geometry import crop, input_pipeline, pad_to_multiple
-from segcli.data.transforms import PER_IMAGE_MODES
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """A model: normalised NCHW float32 batch -> NCHW logits."""
@@ -196,10 +195,10 @@ def depth_warning(info: ModelInfo, image: np.ndarray) -> str | None:
     """A hint when an image's pixels are not of the kind the model was trained on. They are divided by the training
     data's scale, so other data reaches the model at other values (a 12-bit model sees 8-bit images 16 times
     darker). Per-image normalisation (`image`, `min_max`) is the same at any scale: no hint."""
-    if info.image_dtype is None or info.normalization["mode"] in PER_IMAGE_MODES:
+    if info.image_dtype is None or info.normalization.per_image:
         return None
     trained = describe_depth(info.image_dtype, info.image_scale)
-    divided = f"divided by {info.normalization['max_pixel_value']:g} as the training images were"
+    divided = f"divided by {info.normalization.max_pixel_value:g} as the training images were"
     if image.dtype.name != info.image_dtype:
         return (
             f"the model was trained on {trained}; these images are {image.dtype.name}: their pixels are {divided}, so "

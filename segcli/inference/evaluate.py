@@ -234,7 +234,7 @@ def evaluate_pairs(
     never_scored = never_scored_label(info.ignore_index, size)
     dataset = validation_dataset(info, pairs)
     specs = [TransformSpec.model_validate(spec) for spec in info.val_transforms or []]
-    shown = preview_pipeline(specs, "val_transforms", info.normalization["max_pixel_value"], fill_label=never_scored)
+    shown = preview_pipeline(specs, "val_transforms", info.normalization.max_pixel_value, fill_label=never_scored)
     as_validated = replace(options, resize=None)  # the val pipeline alone decides the size
     total, total_own = torch.zeros(size, size, dtype=torch.long), torch.zeros(size, size, dtype=torch.long)
     own_size_differs = False

@@ -55,7 +55,7 @@ class Predictor:
         """The same model, scored against masks whose stored values `label_map` maps to its classes (added to,
         and overriding, the map the model was trained with)."""
         merged = {**dict(self.info.label_map or []), **label_map}
-        info = replace(self.info, label_map=[[stored, label] for stored, label in sorted(merged.items())])
+        info = self.info.model_copy(update={"label_map": [[stored, label] for stored, label in sorted(merged.items())]})
         return replace(self, info=info)
 
     def predict(self, images: Sequence[np.ndarray], options: InferenceOptions | None = None) -> list[np.ndarray]:
@@ -144,7 +144,8 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
     info = checkpoint.info
     if info.val_transforms is None:  # an older file: its experiment says how it was validated
         transforms = checkpoint.experiment.get("val_transforms") or []
-        info = replace(info, val_transforms=transforms, resize=fixed_input_size(transforms, info.in_channels))
+        resize = fixed_input_size(transforms, info.in_channels)
+        info = info.model_copy(update={"val_transforms": transforms, "resize": resize})
     return build_model(info, checkpoint.state_dict, path), info
 
 
@@ -200,7 +201,7 @@ def ensemble_info(members: Sequence[tuple[Path, ModelInfo]]) -> ModelInfo:
                 )
     multiple = math.lcm(*(info.size_multiple for _, info in members))
     sources = [info.source or {"path": str(path)} for path, info in members]
-    return ModelInfo(**{**first.__dict__, "size_multiple": multiple, "source": {"ensemble": sources}})
+    return first.model_copy(update={"size_multiple": multiple, "source": {"ensemble": sources}})
 
 
 def ensemble(members: list[Predictor]) -> Predictor:

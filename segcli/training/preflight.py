@@ -16,7 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 
 from segcli.artifacts.checkpoints import read_training_state
-from segcli.artifacts.model_info import ModelInfo
+from segcli.artifacts.model_info import ModelInfo, Normalization
 from segcli.config.schema import Experiment
 from segcli.data.check_report import DatasetReport
 from segcli.data.checks import check_dataset_cached
@@ -52,7 +52,7 @@ class Plan:
     report: DatasetReport
     pairs: dict[str, list[Pair]]
     pipelines: dict[str, Any]
-    normalization: dict[str, Any]
+    normalization: Normalization
     info: ModelInfo
     """The model description every checkpoint of the run carries."""
     workers: int

@@ -274,7 +274,7 @@ def _tracked_run(experiment: Experiment, options: RunOptions, plan: Plan, record
               "dataset_path": str(options.dataset.resolve()), "experiment_name": options.experiment_name,
               "config_file": str(options.config_file) if options.config_file else None,
               "run_name": options.run_name, "overrides": options.overrides,
-              "normalization": plan.normalization}  # fmt: skip
+              "normalization": plan.normalization.model_dump()}  # fmt: skip
     return TrackedRun(name=options.run_name, output_dir=options.output_dir, run_dir=options.folder.path, config=config,
                       group=options.group, offline=options.offline, wandb_id=record.wandb_id,
                       mlflow_run_id=record.mlflow_run_id, resumed_step=resumed_step)  # fmt: skip

@@ -286,10 +286,10 @@ def test_normalize_dataset_measures_the_channels_the_model_gets(tmp_path, kind, 
     plan = preflight(experiment, dataset=root, class_names=["bg", "disc", "square", "triangle"], experiment_name="e")
     converted = np.concatenate([read_image(path, channels)[::4, ::4].reshape(-1, channels).astype(np.float64)
                                 for path in sorted((root / "train" / "images").iterdir())])  # fmt: skip
-    scale = plan.normalization["max_pixel_value"]
-    assert plan.normalization["mode"] == "dataset" and len(plan.normalization["mean"]) == channels
-    assert plan.normalization["mean"] == pytest.approx(list(converted.mean(0) / scale), abs=2e-4)
-    assert plan.normalization["std"] == pytest.approx(list(converted.std(0) / scale), abs=2e-4)
+    scale = plan.normalization.max_pixel_value
+    assert plan.normalization.mode == "dataset" and len(plan.normalization.mean) == channels
+    assert plan.normalization.mean == pytest.approx(list(converted.mean(0) / scale), abs=2e-4)
+    assert plan.normalization.std == pytest.approx(list(converted.std(0) / scale), abs=2e-4)
 
 
 def test_four_band_tiffs_train_predict_and_export_with_parity(tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from segcli.artifacts.model_info import Normalization
 from segcli.config.schema import Experiment
 from segcli.data.dataset import SegmentationDataset
 from segcli.data.io import Pair, list_pairs, read_pair
@@ -72,8 +73,8 @@ def test_the_loss_is_the_same_whatever_labels_are_stored_outside_the_region(two_
 
     experiment = Experiment.model_validate({"model": MODEL})
     loss = build_loss(experiment.loss, 255)
-    pipeline = build_pipeline([], "test", {"mode": "imagenet", "mean": [0.5] * 3, "std": [0.25] * 3,
-                                           "max_pixel_value": 255.0}, fill_label=255)  # fmt: skip
+    normalization = Normalization(mode="imagenet", mean=[0.5] * 3, std=[0.25] * 3)
+    pipeline = build_pipeline([], "test", normalization, fill_label=255)
     logits = torch.randn(4, 4, 64, 64, generator=torch.Generator().manual_seed(0))
 
     def batch_loss(pairs: list[Pair]) -> float:

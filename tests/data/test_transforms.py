@@ -8,6 +8,7 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from segcli.artifacts.model_info import Normalization
 from segcli.config.schema import ExplicitNormalization, TransformSpec
 from segcli.data.transforms import (
     IMAGENET_MEAN,
@@ -164,15 +165,15 @@ def test_missing_required_parameter_is_a_config_error():
 
 # --------------------------------------------------------------------------- normalisation + tensors
 
-IMAGENET = {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "max_pixel_value": 255.0}
+IMAGENET = Normalization(mode="imagenet", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
 
 
 def test_pipeline_is_unit_range_transforms_normalisation_tensors():
     pipeline = build_pipeline([spec("horizontal_flip", p=0.5)], "train_transforms", IMAGENET, fill_label=255)
-    assert kinds(pipeline) == ["UnitRange", "HorizontalFlip", "Normalization", "ToTensorV2"]
+    assert kinds(pipeline) == ["UnitRange", "HorizontalFlip", "NormalizeInput", "ToTensorV2"]
     assert kinds(build_pipeline([], "val_transforms", IMAGENET, fill_label=255)) == [
         "UnitRange",
-        "Normalization",
+        "NormalizeInput",
         "ToTensorV2",
     ]
 
@@ -256,7 +257,7 @@ GREY = PixelStats(255.0, [0.4], [0.2])
     ],
 )  # fmt: skip
 def test_resolve_normalization(setting, channels, stats, expected):
-    resolved = resolve_normalization(setting, channels, stats)
+    resolved = resolve_normalization(setting, channels, stats).model_dump()
     assert resolved.keys() == expected.keys()
     for key, value in expected.items():
         assert resolved[key] == (pytest.approx(value) if value is not None else None), key

@@ -9,7 +9,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from segcli.artifacts.model_info import ModelInfo
+from segcli.artifacts.model_info import ModelInfo, Normalization
 from segcli.data.geometry import crop, pad_to_multiple
 from segcli.data.io import Pair
 from segcli.errors import CheckpointError
@@ -192,9 +192,9 @@ def test_preprocessing_matches_the_training_pipeline():
     from segcli.data.transforms import build_pipeline
 
     image = np.random.default_rng(0).integers(0, 256, (13, 17, 3), dtype=np.uint8)
-    normalization = {"mode": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                     "max_pixel_value": 255.0}  # fmt: skip
-    info = ModelInfo("unet", "resnet18", 3, 2, ["a", "b"], None, normalization, 1)
+    normalization = Normalization(mode="imagenet", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    info = ModelInfo(arch="unet", encoder_name="resnet18", in_channels=3, classes=2, class_names=["a", "b"],
+                     ignore_index=None, normalization=normalization)  # fmt: skip
     pipeline = build_pipeline([], "val_transforms", normalization, fill_label=255)
     expected = pipeline(image=image, mask=np.zeros((13, 17), np.uint8))["image"]
     assert torch.equal(to_batch([image], info)[0], expected)

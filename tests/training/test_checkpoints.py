@@ -53,7 +53,8 @@ class EpochEnd:
         from segcli.training.callbacks.history import EpochHistory
         from segcli.training.callbacks.report import RunRecordUpdates, RunReport
 
-        info = ModelInfo("unet", "resnet18", 3, 3, CLASSES, None, IMAGENET, 32)
+        info = ModelInfo(arch="unet", encoder_name="resnet18", in_channels=3, classes=3, class_names=CLASSES,
+                         ignore_index=None, normalization=IMAGENET, size_multiple=32)  # fmt: skip
         self.history = EpochHistory(MonitorConfig(metric=monitor))
         self.report = RunReport(self.history, run_dir, writer, "my-run", CLASSES)
         self.callbacks = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 from segcli.artifacts.checkpoints import read_checkpoint
 from segcli.artifacts.folders import RunDir, RunRecord
-from segcli.artifacts.model_info import ModelInfo
+from segcli.artifacts.model_info import ModelInfo, Normalization
 from segcli.config.schema import Experiment, TransformSpec
 from segcli.data.io import read_image
 from segcli.data.synthetic import make_dataset
@@ -105,8 +104,8 @@ def test_padded_and_uncovered_mask_pixels_are_never_trained_on(transform, ignore
     exp = experiment("unet", ignore_index=ignore_index)
     task = SegmentationTask(exp.model_dump(mode="json"), CLASSES)
     assert task.never_scored == (7 if ignore_index is not None else 255)
-    pipeline = build_pipeline([TransformSpec(**transform)], "train_transforms", {"mode": "image", "mean": None,
-                              "std": None, "max_pixel_value": 255.0}, seed=0, fill_label=task.never_scored)  # fmt: skip
+    pipeline = build_pipeline([TransformSpec(**transform)], "train_transforms", Normalization(mode="image"),
+                              seed=0, fill_label=task.never_scored)  # fmt: skip
     image = np.random.default_rng(0).integers(0, 256, (*ODD, 3), dtype=np.uint8)
     mask = np.ones(ODD, np.uint8)  # class 1 everywhere: any 0 in the output would be a fill scored as class 0
     out = pipeline(image=image, mask=mask)
@@ -124,7 +123,7 @@ def test_padded_and_uncovered_mask_pixels_are_never_trained_on(transform, ignore
     assert matrix.compute().tolist()[1] == [0, int((~filled).sum()), 0, 0]
 
     kept = build_pipeline([TransformSpec(name=transform["name"], params={**transform["params"], "fill_mask": 3})],
-                          "train_transforms", {"mode": "image", "mean": None, "std": None, "max_pixel_value": 255.0},
+                          "train_transforms", Normalization(mode="image"),
                           seed=0, fill_label=task.never_scored)(image=image, mask=mask)["mask"]  # fmt: skip
     assert set(kept.unique().tolist()) == {1, 3}
 
@@ -179,8 +178,8 @@ def test_inference_resizes_exactly_as_the_training_pipeline(resized_run):
     expected = pipeline(image=image, mask=np.zeros(SOURCE, np.uint8))["image"]
     assert torch.equal(to_batch([image], info, TRAINED)[0], expected)
     sixteen = (image.astype(np.uint16) * 257)[:, :, :1]  # and for 16-bit data
-    grey = {"mode": "explicit", "mean": [0.5], "std": [0.25], "max_pixel_value": 65535.0}
-    grey_info = replace(info, in_channels=1, normalization=grey)
+    grey = Normalization(mode="explicit", mean=[0.5], std=[0.25], max_pixel_value=65535.0)
+    grey_info = info.model_copy(update={"in_channels": 1, "normalization": grey})
     expected = build_pipeline([TransformSpec(**spec) for spec in RESIZE], "val_transforms", grey, fill_label=255)(
         image=sixteen, mask=np.zeros(SOURCE, np.uint8))["image"]  # fmt: skip
     assert torch.equal(to_batch([sixteen], grey_info, TRAINED)[0], expected)
@@ -227,7 +226,7 @@ def test_the_worst_images_are_scored_as_validation_scored_them(resized_run):
 
 
 def test_the_scale_warning_fires_from_a_quarter_larger_and_names_the_exact_resize():
-    info = replace(read_info_without_geometry(), input_size=[32, 48])
+    info = read_info_without_geometry().model_copy(update={"input_size": [32, 48]})
     assert scale_warning(info, 32, 48) is None and scale_warning(info, 36, 54) is None  # 1.125x
     warning = scale_warning(info, 42, 63)  # 1.31x
     assert warning is not None and "--resize 48x32" in warning and "1.31x" in warning
@@ -235,8 +234,8 @@ def test_the_scale_warning_fires_from_a_quarter_larger_and_names_the_exact_resiz
 
 
 def read_info_without_geometry() -> ModelInfo:
-    return ModelInfo("unet", "resnet18", 3, 4, CLASSES, None, {"mode": "image", "mean": None, "std": None,
-                     "max_pixel_value": 255.0}, 1)  # fmt: skip
+    return ModelInfo(arch="unet", encoder_name="resnet18", in_channels=3, classes=4, class_names=CLASSES,
+                     ignore_index=None, normalization=Normalization(mode="image"))  # fmt: skip
 
 
 @pytest.mark.slow

@@ -247,9 +247,9 @@ def test_the_normalisation_applied_is_the_one_stored(tiny_dataset, tmp_path, nor
     checkpoint = read_checkpoint(path)
     stored = checkpoint.info.normalization
     if isinstance(normalize, dict):
-        assert stored == {"mode": "explicit", "mean": [0.4], "std": [0.2], "max_pixel_value": 200.0}
+        assert stored.model_dump() == {"mode": "explicit", "mean": [0.4], "std": [0.2], "max_pixel_value": 200.0}
     else:
-        assert stored["mode"] == normalize
+        assert stored.mode == normalize
     evaluation = evaluate_split(open_model(path), tiny_dataset, "val", InferenceOptions(batch_size=4))
     assert evaluation.metrics["val/mIoU"] == pytest.approx(checkpoint.metrics["val/mIoU"], rel=1e-5)
 

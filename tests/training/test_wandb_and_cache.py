@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from segcli.artifacts.model_info import Normalization
 from segcli.config.schema import Experiment
 from segcli.data.dataset import RamCache, SegmentationDataset
 from segcli.data.io import list_pairs, read_image, read_mask
@@ -76,7 +77,7 @@ def test_ram_cache_serves_the_decoded_files(tiny_dataset):
     assert np.array_equal(cache.get(0)[0], read_image(pairs[0].image))
     assert cache.images[0].is_shared()
 
-    pipeline = build_pipeline([], "train_transforms", IMAGENET, fill_label=255)
+    pipeline = build_pipeline([], "train_transforms", Normalization(**IMAGENET), fill_label=255)
     cached = SegmentationDataset(pairs, pipeline, cache=cache)[(0, 1)]
     decoded = SegmentationDataset(pairs, pipeline)[(0, 1)]
     assert all(torch.equal(a, b) for a, b in zip(cached, decoded, strict=True))

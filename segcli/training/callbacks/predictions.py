@@ -67,7 +67,7 @@ class PredictionLogger(pl.Callback):
     def _load(self, chosen: list[int]) -> dict[int, Sample]:
         """The chosen images after the val transforms (epoch 0's draw), shown without the normalisation."""
         plan, exp = self.plan, self.plan.experiment
-        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization["max_pixel_value"],
+        preview = preview_pipeline(exp.val_transforms, "val_transforms", plan.normalization.max_pixel_value,
                                    fill_label=plan.task.never_scored)  # fmt: skip
         samples = {}
         for index in chosen:
