@@ -190,3 +190,20 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, room):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda model: model["normalization"].pop("mean"), "normalization: .*imagenet needs mean and std"),
+        (lambda model: model["normalization"].update(mode="zscore"), "normalization.mode"),
+        (lambda model: model.pop("class_names"), "class_names: Field required"),
+        (lambda model: model.update(in_channels="three"), "in_channels"),
+    ],
+)
+def test_a_damaged_model_description_is_named_by_its_field(tmp_path, change, named):
+    payload = torch.load(make_checkpoint(tmp_path / "ok.pth"), weights_only=True)
+    change(payload["model"])
+    torch.save(payload, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=f"damaged.pth: no valid model description \\({named}"):
+        read_checkpoint(tmp_path / "damaged.pth")
