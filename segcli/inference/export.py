@@ -259,17 +259,12 @@ def _write_onnx(model, info: ModelInfo, example: torch.Tensor, path: Path, opset
 
 
 def _write_torchscript(model, info: ModelInfo, example: torch.Tensor, path: Path, opset: int) -> dict[str, Any]:
-    """Scripted when smp marks the model and its encoder scriptable (control flow and shapes stay general);
-    traced otherwise (UnetPlusPlus, DPT, some encoders), which the check then verifies at a second size."""
-    encoder = getattr(model, "encoder", None)  # an ensemble has none: it is traced
-    scriptable = (
-        encoder is not None
-        and getattr(model, "_is_torch_scriptable", True)
-        and getattr(encoder, "_is_torch_scriptable", True)
-    )
+    """Scripted where TorchScript's compiler takes the model (control flow and shapes stay general); traced where
+    it refuses (UnetPlusPlus, DPT, some encoders; smp marks those unscriptable), which the check then
+    verifies at a second size."""
     with quiet_torch_deprecations():
         module, method = None, "trace"
-        if scriptable:
+        if hasattr(model, "encoder"):  # an ensemble has none: it is traced
             try:
                 module, method = torch.jit.script(model), "script"
             except Exception:  # noqa: BLE001 - the TorchScript compiler raises many types; tracing is the fallback
