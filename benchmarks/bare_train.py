@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--first-step", action="store_true", help="print the time of the first step (first_step.py)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -76,6 +77,9 @@ def main() -> None:
         train_set.epoch = epoch
         model.train()
         for images, labels in loader:
+            if args.first_step:
+                print(f"first-step {time.time()}", flush=True)
+                args.first_step = False
             logits = model(images)
             loss = cross_entropy(logits, labels) + dice(logits, labels)
             optimizer.zero_grad(set_to_none=True)

@@ -59,9 +59,14 @@ def build_optimizer(cfg: OptimizerConfig, parameters, lr: float) -> torch.optim.
         raise ConfigError(f"optimizer.params: invalid value for {cfg.name}: {exc}") from None
 
 
-def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer):
+def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, run_length: int | None = None):
+    """`run_length`: the scheduler steps of the whole run (epochs, or optimizer steps with `interval: step`).
+    A CosineAnnealingLR without `T_max` spans it, after the warm-up: the schedule follows `max_epochs`."""
     cls = scheduler_class(cfg.name)
     check_params(cls, cfg.params, "scheduler.params", exclude={"optimizer"})
+    params = dict(cfg.params)
+    if cls is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in params and run_length is not None:
+        params["T_max"] = max(1, run_length - cfg.warmup_steps)
     if is_plateau(cfg) and cfg.interval != "epoch":
         raise ConfigError(
             f"scheduler.interval: {cfg.name} reacts to a validation metric, which exists once per epoch; "
@@ -73,7 +78,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer):
             "remove warmup_steps or use a schedule such as CosineAnnealingLR"
         )
     try:
-        schedule = cls(optimizer, **cfg.params)
+        schedule = cls(optimizer, **params)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"scheduler.params: invalid value for {cfg.name}: {exc}") from None
     if not cfg.warmup_steps:

@@ -12,6 +12,7 @@ a second model (pretrained weights loaded twice, the seed no longer deciding the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -190,11 +191,18 @@ class SegmentationTask(pl.LightningModule):
         return float(mean_loss.compute()), confusion.compute().cpu()
 
     def configure_optimizers(self):
+        cfg, length = self.experiment.scheduler, None
+        if cfg is not None:
+            length = self.trainer.estimated_stepping_batches if cfg.interval == "step" else self.trainer.max_epochs
+        return self.build_optimizers(int(length) if length is not None and 0 < length < math.inf else None)
+
+    def build_optimizers(self, run_length: int | None):
+        """The optimizer and its schedule for a run of `run_length` scheduler steps (None: open length)."""
         optimizer = build_optimizer(self.experiment.optimizer, self.parameters(), self.experiment.lr)
         cfg = self.experiment.scheduler
         if cfg is None:
             return optimizer
-        scheduler = {"scheduler": build_scheduler(cfg, optimizer), "interval": cfg.interval}
+        scheduler = {"scheduler": build_scheduler(cfg, optimizer, run_length), "interval": cfg.interval}
         if is_plateau(cfg):
             scheduler["monitor"] = cfg.monitor or "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -234,12 +234,12 @@ def plan(
             "scheduler",
             {
                 "name": "CosineAnnealingLR",
-                "params": {"T_max": total - warmup},
+                "params": {},  # T_max: the rest of the run, so a changed max_epochs keeps the schedule whole
                 "interval": "step",
                 "warmup_steps": warmup,
             },
-            f"linear warm-up over {warmup} steps, then cosine decay to 0 over the other {total - warmup} "
-            f"({epochs} epochs x {steps} steps)",
+            f"linear warm-up over {warmup} steps, then cosine decay to 0 over the rest of the run ({total - warmup} "
+            f"of {epochs} epochs x {steps} steps; without T_max it follows max_epochs)",
         ),
         Decision(
             "average",

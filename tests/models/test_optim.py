@@ -41,3 +41,24 @@ def test_warmup_before_reduce_on_plateau_is_refused():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match="scheduler.warmup_steps: .*remove warmup_steps"):
         build_scheduler(cfg, optimizer)
+
+
+def test_a_cosine_without_t_max_spans_the_run_after_the_warmup():
+    """README: CosineAnnealingLR without T_max decays over the whole run after the warm-up."""
+    cfg = SchedulerConfig(name="CosineAnnealingLR", interval="step", warmup_steps=4)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = build_scheduler(cfg, optimizer, run_length=10)
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[4:] == pytest.approx([0.05 * (1 + math.cos(math.pi * step / 6)) for step in range(7)], abs=1e-9)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)  # at 0 exactly when the run ends
+
+
+def test_a_cosine_without_t_max_and_without_a_run_length_is_refused():
+    cfg = SchedulerConfig(name="CosineAnnealingLR")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="scheduler.params: invalid value for CosineAnnealingLR.*T_max"):
+        build_scheduler(cfg, optimizer)

@@ -90,7 +90,7 @@ def test_camvid_like_plan():
     assert exp.train_transforms[0].name == "horizontal_flip"  # 256x192 images are trained whole on the CPU
     assert exp.sampling is None  # rare-class crops need crops
     assert exp.average is None and exp.scheduler.warmup_steps > 0
-    assert exp.scheduler.params["T_max"] + exp.scheduler.warmup_steps == exp.max_epochs * (367 // exp.batch_size)
+    assert "T_max" not in exp.scheduler.params  # the cosine spans the run, whatever max_epochs becomes
     notes = " ".join(note.reason for note in run.notes)
     assert "natural" in notes and "own val split (101 images)" in notes
 

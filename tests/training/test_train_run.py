@@ -344,3 +344,14 @@ def test_a_run_that_ends_before_the_average_starts_writes_no_average(tiny_datase
     assert result.average_metrics == {} and "average_model.pth" not in result.checkpoints
     # Nothing averaged yet: the training state carries no copy of the weights for it (57 MB an epoch on Unet/resnet18).
     assert torch.load(run_dir.state, weights_only=True)["callbacks"]["SwaAverage"] == {"epochs": 0}
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_a_cosine_without_t_max_reaches_zero_at_the_last_epoch_whatever_max_epochs_is(tiny_dataset, tmp_path, interval):
+    """README: CosineAnnealingLR without T_max spans the run (after the warm-up), in steps or epochs."""
+    scheduler = {"name": "CosineAnnealingLR", "interval": interval, "warmup_steps": 1}
+    for epochs in (2, 3):
+        experiment = _experiment(max_epochs=epochs, scheduler=scheduler, average=None, log_predictions=0)
+        result = _train(experiment, tiny_dataset, tmp_path / f"{interval}{epochs}")
+        rates = [row["lr"] for row in result.history]
+        assert rates[-1] == pytest.approx(0.0, abs=1e-9) and min(rates[:-1]) > 1e-5, rates
