@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,
 MARK = "first-step "
 
 
-def segcli_child(data: Path, config: Path, experiment: str) -> None:
+def segcli_child(data: Path, config: Path, experiment: str, output: Path) -> None:
     """The segcli side, in the child process: `train()` with a callback that reports the first step."""
     import pytorch_lightning as pl
 
@@ -40,25 +41,28 @@ def segcli_child(data: Path, config: Path, experiment: str) -> None:
             time.sleep(3600)  # the driver stops the process
 
     resolved = resolve_experiment(load_experiment_file(config), experiment, config, {})
-    with tempfile.TemporaryDirectory() as scratch:
-        options = RunOptions(dataset=data, class_names=CLASSES.split(","), run_name="first-step",
-                             experiment_name=experiment, output_dir=Path(scratch), offline=True, progress=False,
-                             force_cpu=True, extra_callbacks=[FirstStep()])  # fmt: skip
-        train(resolved, options)
+    options = RunOptions(dataset=data, class_names=CLASSES.split(","), run_name="first-step",
+                         experiment_name=experiment, output_dir=output, offline=True, progress=False, force_cpu=True,
+                         overwrite=True, extra_callbacks=[FirstStep()])  # fmt: skip
+    train(resolved, options)
 
 
 def until_first_step(command: list[str], env: dict[str, str]) -> float:
-    """Seconds from launching `command` to the first step it reports; the process is then stopped."""
-    launched = time.time()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        for line in process.stdout:
-            if line.startswith(MARK):
-                return float(line[len(MARK) :]) - launched
-        raise RuntimeError(f"{command[:3]} exited {process.wait()} before its first step")
-    finally:
-        process.kill()
-        process.wait()
+    """Seconds from launching `command` to the first step it reports; the process and its DataLoader workers
+    are then stopped (its own process group), before the next one starts."""
+    with tempfile.TemporaryFile("w+") as errors:
+        launched = time.time()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            for line in process.stdout:
+                if line.startswith(MARK):
+                    return float(line[len(MARK) :]) - launched
+            errors.seek(0)
+            raise RuntimeError(f"{command[:3]} exited {process.wait()} before its first step:\n{errors.read()[-2000:]}")
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def main() -> None:
@@ -69,23 +73,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--segcli-path", type=Path, default=HERE.parent, help="the checkout whose segcli is timed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        segcli_child(args.data, args.config, args.experiment)
+        segcli_child(args.data, args.config, args.experiment, args.output)
         return
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     segcli_env = {**env, "PYTHONPATH": str(args.segcli_path.resolve())}
-    sides = {
-        "bare script": ([sys.executable, str(HERE / "bare_train.py"), "--data", str(args.data), "--workers", "2",
-                         "--output", tempfile.mkdtemp(), "--first-step"], env),
-        "segcli train()": ([sys.executable, str(Path(__file__).resolve()), "--child", "--data", str(args.data),
-                            "--config", str(args.config), "--experiment", args.experiment], segcli_env),
-    }  # fmt: skip
-    until_first_step(*sides["segcli train()"])  # untimed: fills the dataset check's cache, as any earlier run did
-    times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(args.repeats):
-        for name, (command, side_env) in sides.items():
-            times[name].append(until_first_step(command, side_env))
+    with tempfile.TemporaryDirectory() as scratch:
+        sides = {  # both with their default DataLoader workers: min(4, CPUs)
+            "bare script": ([sys.executable, str(HERE / "bare_train.py"), "--data", str(args.data), "--output",
+                             f"{scratch}/bare", "--first-step"], env),
+            "segcli train()": ([sys.executable, str(Path(__file__).resolve()), "--child", "--data", str(args.data),
+                                "--config", str(args.config), "--experiment", args.experiment, "--output",
+                                f"{scratch}/segcli"], segcli_env),
+        }  # fmt: skip
+        until_first_step(*sides["segcli train()"])  # untimed: fills the dataset check's cache, as an earlier run did
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(args.repeats):
+            for name, (command, side_env) in sides.items():
+                times[name].append(until_first_step(command, side_env))
     bare = statistics.median(times["bare script"])
     for name, seconds in times.items():
         median = statistics.median(seconds)

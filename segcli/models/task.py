@@ -192,8 +192,8 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg, length = self.experiment.scheduler, None
-        if cfg is not None:
-            length = self.trainer.estimated_stepping_batches if cfg.interval == "step" else self.trainer.max_epochs
+        if cfg is not None:  # the experiment's epochs: the benchmark's Trainer runs open-ended (max_epochs -1)
+            length = self.trainer.estimated_stepping_batches if cfg.interval == "step" else self.experiment.max_epochs
         return self.build_optimizers(int(length) if length is not None and 0 < length < math.inf else None)
 
     def build_optimizers(self, run_length: int | None):

@@ -233,8 +233,7 @@ def plan(
         Decision(
             "scheduler",
             {
-                "name": "CosineAnnealingLR",
-                "params": {},  # T_max: the rest of the run, so a changed max_epochs keeps the schedule whole
+                "name": "CosineAnnealingLR",  # without T_max: the rest of the run, whatever max_epochs becomes
                 "interval": "step",
                 "warmup_steps": warmup,
             },

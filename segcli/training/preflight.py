@@ -202,7 +202,7 @@ def preflight(
 
     pl.seed_everything(exp.seed, workers=True, verbose=False)  # the seed decides the start weights
     task = SegmentationTask(exp.model_dump(mode="json"), class_names)
-    task.build_optimizers(exp.max_epochs)  # built and discarded: bad optimizer/scheduler params fail now
+    task.build_optimizers(exp.max_epochs)  # built and discarded (any run length does): bad params fail now
     where = f"experiment '{experiment_name}'"
     rare_crops = {"train": _rare_crops(exp, report, class_names), "val": None}
     pipelines = {split: build_pipeline(getattr(exp, f"{split}_transforms"), f"{where}: {split}_transforms",

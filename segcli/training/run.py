@@ -207,10 +207,10 @@ def train(experiment: Experiment, options: RunOptions) -> TrainResult:
     """Check everything, train (or continue) the run, and return where its files are and what was measured."""
     started = time.monotonic()
     run_dir = options.folder
-    resume_from, epochs_done, steps_done = _resume_point(options, run_dir, experiment)
-    record = RunRecord.read(run_dir) if resume_from else None
+    record = RunRecord.read(run_dir) if options.resume or options.resume_from else None
     if record and record.finished and options.resume_from is None and record.epochs_completed >= experiment.max_epochs:
-        return TrainResult.finished(options.run_name, run_dir, record)
+        return TrainResult.finished(options.run_name, run_dir, record)  # nothing to do: its state is not even read
+    resume_from, epochs_done, steps_done = _resume_point(options, run_dir, experiment)
     quiet_libraries()
     require_extras(experiment.trackers)
     plan = preflight(

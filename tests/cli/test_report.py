@@ -209,8 +209,8 @@ def test_run_json_keeps_scores_that_are_not_numbers_as_null():
     from segcli.training.report import report_details
 
     monitor = SimpleNamespace(metric="val/mIoU")
-    checkpoints = SimpleNamespace(best_epoch=2, monitor=monitor, best_matrix=[[3, 1], [0, 4]])
+    history = SimpleNamespace(best_epoch=2, monitor=monitor, best_matrix=[[3, 1], [0, 4]])
     extra = {"val_avg/mIoU": float("nan"), "val_avg/loss": float("inf"), "val_avg/mDCC": 0.5}
-    details = report_details(checkpoints, ["road", "sky"], extra)
+    details = report_details(history, ["road", "sky"], extra)
     assert details["extra"] == {"val_avg/mIoU": None, "val_avg/loss": None, "val_avg/mDCC": 0.5}
     assert json.loads(json.dumps(details, allow_nan=False)) == details

@@ -62,3 +62,28 @@ def test_a_cosine_without_t_max_and_without_a_run_length_is_refused():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match="scheduler.params: invalid value for CosineAnnealingLR.*T_max"):
         build_scheduler(cfg, optimizer)
+
+
+@pytest.mark.parametrize(("interval", "t_max"), [("epoch", 7 - 2), ("step", 5 - 2)])
+def test_the_run_length_of_an_open_ended_trainer_is_the_experiment_s(interval, t_max):
+    """`segcli benchmark` trains with max_epochs -1 (and max_steps): a cosine without T_max still builds."""
+    import pytorch_lightning as pl
+
+    from segcli.config.schema import Experiment
+    from segcli.models.task import SegmentationTask
+
+    experiment = Experiment.model_validate({
+        "model": {"arch": "unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 2},
+        "max_epochs": 7,
+        "scheduler": {"name": "CosineAnnealingLR", "interval": interval, "warmup_steps": 2},
+    })  # fmt: skip
+    task = SegmentationTask(experiment.model_dump(mode="json"), ["a", "b"])
+    task.trainer = pl.Trainer(max_epochs=-1, max_steps=5, logger=False, enable_checkpointing=False)
+    built = task.configure_optimizers()
+    optimizer, schedule = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(2 + t_max):  # the warm-up, then the cosine, which ends at 0 after T_max steps
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12) and min(rates[:-1]) > 0

@@ -331,3 +331,15 @@ def test_a_state_whose_history_lives_elsewhere_is_refused(clean_run, tmp_path):
     torch.save(state, older)
     with pytest.raises(CheckpointError, match="older segcli.*--overwrite"):
         check_resume_state(older, experiment)
+
+
+def test_resuming_a_finished_run_does_not_read_its_state(clean_run, tiny_dataset, config, in_tmp_cwd):
+    """`--resume` of a run that already finished says so and exits 0 before any state is read (one written by an
+    older segcli, or a damaged one, would otherwise be refused)."""
+    import shutil
+
+    output = in_tmp_cwd / "copy"
+    shutil.copytree(clean_run, output)
+    (output / "checkpoints" / RUN / "state_latest.ckpt").write_bytes(b"never read")
+    again = run_segcli(*_args(config, tiny_dataset, output, "--resume"), cwd=in_tmp_cwd)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
