@@ -219,9 +219,11 @@ def _print_dry_run(resolved: dict, options_for, show_warnings) -> None:
         show_warnings(found.report)
         console.print(f"# run {options.run_name} -> {options.folder.path}")
         console.print(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
+        padding = (f"batches padded to multiples of {found.size_multiple} (reflected; the padding is never scored)"
+                   if found.size_multiple > 1 else "any image size (the architecture pads by itself)")  # fmt: skip
         console.print(
             f"# model: {experiment.model.arch} / {experiment.model.encoder_name}, {found.parameters:,} parameters, "
-            f"batches padded to multiples of {found.size_multiple} (reflected; the padding is never scored)"
+            f"{padding}"
         )
         console.print(f"# normalisation: {found.normalization}")
         console.print(

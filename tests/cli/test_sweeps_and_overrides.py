@@ -73,6 +73,9 @@ def test_dry_run_prints_the_resolved_experiment_model_and_normalisation(tiny_dat
     assert "# normalisation: imagenet: (pixel / 255 - mean) / std" in result.stdout
     assert "8 train / 4 val pairs, uint8" in result.stdout
     assert not (in_tmp_cwd / "checkpoints").exists() and not (in_tmp_cwd / "wandb").exists()
+    unet = run_segcli("train", "-c", "dry.yaml", "-e", "experiment-lr", "--dry-run", "--set", "model.arch=Unet",
+                      "--dataset", tiny_dataset, "--classes", DEMO_CLASSES, cwd=in_tmp_cwd)  # fmt: skip
+    assert "parameters, any image size (the architecture pads by itself)" in unet.stdout, unet.stderr[-2000:]
 
 
 def test_dry_run_runs_the_checks_train_makes_first(tiny_dataset, in_tmp_cwd):
