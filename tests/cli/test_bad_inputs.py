@@ -144,8 +144,8 @@ CASES = [
     ),
     Case(
         "bad scheduler params",
-        ["scheduler.params", "CosineAnnealingLR"],
-        config=experiment_file("{scheduler: {name: CosineAnnealingLR, params: {}}}"),
+        ["scheduler.params", "CosineAnnealingLR has no parameter 't_max'", "T_max"],
+        config=experiment_file("{scheduler: {name: CosineAnnealingLR, params: {t_max: 10}}}"),
     ),
     Case(
         "early stopping monitor never logged",
